@@ -47,7 +47,7 @@ def normalize_mac(value: object) -> str:
     if not isinstance(value, str):
         raise HardwareError(f"MAC address must be a string, got {value!r}")
     text = value.strip().lower()
-    m = _MAC_RE.match(text)
+    m = _MAC_RE.fullmatch(text)
     if m is None:
         raise HardwareError(f"{value!r} is not a MAC address")
     if m.group("colon"):
@@ -89,7 +89,7 @@ def parse_vlan(value: object, what: str) -> str:
     if value is None or value == "":
         return ""
     text = str(value).strip()
-    if not _VLAN_RE.match(text) or not 0 <= int(text) <= 4096:
+    if not _VLAN_RE.fullmatch(text) or not 0 <= int(text) <= 4096:
         raise HardwareError(f"{what}: {value!r} is not a VLAN id (0-4096)")
     return str(int(text))
 
@@ -99,7 +99,7 @@ def check_hostname(value: object, what: str) -> str:
     if value is None:
         return ""
     text = str(value)
-    if text and not _HOSTNAME_RE.match(text):
+    if text and not _HOSTNAME_RE.fullmatch(text):
         raise HardwareError(f"{what}: {value!r} is not a valid host or domain name")
     return text
 

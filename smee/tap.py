@@ -87,7 +87,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         "smee {version}: {mode} mode, backend {backend}, public IP {ip}",
         version=__version__,
         mode=settings.dhcp_mode,
-        backend=backend.name,
+        backend=backend.kind,
         ip=str(settings.public_ip),
     )
     return top

@@ -221,7 +221,7 @@ def test_unknown_smee_env_is_reported(hwfile: str) -> None:
 def test_make_service_tree(hwfile: str) -> None:
     top = makeService(parse(file_args(hwfile)), reactor=Clock())
     backend = top.getServiceNamed("backend")
-    assert backend.name == "backend" and backend.state()["records"] == 1
+    assert backend.name == "backend" and backend.kind == "file" and backend.state()["records"] == 1
     names = [svc.name for svc in top]
     assert names[0] == "backend"
     assert len(names) == len(set(names))

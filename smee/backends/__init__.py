@@ -29,8 +29,8 @@ class AmbiguousHardware(LookupFailed):
 class HardwareBackend(Protocol):
     """The one interface all backends implement."""
 
-    #: short name used in logs and metrics ("file", "kube", "http")
-    name: str
+    #: backend type, used in logs and metrics ("file", "kube", "http")
+    kind: str
 
     def by_mac(self, mac: str) -> Deferred[Match | None]:
         """Look a machine up by a normalised MAC (``aa:bb:cc:dd:ee:ff``)."""

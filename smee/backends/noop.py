@@ -14,7 +14,7 @@ from smee.hardware import Match
 class NoopBackend(Service):
     """Every lookup answers "not found"; only valid with ``--dhcp-mode=auto-proxy``."""
 
-    name = "noop"
+    kind = "noop"
 
     def by_mac(self, mac: str) -> defer.Deferred[Match | None]:
         return defer.succeed(None)

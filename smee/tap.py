@@ -116,7 +116,9 @@ def _makeBackend(settings: Any, reactor: Any) -> Any:
 
 #: (child name, Settings attribute that enables it, factory module:function).
 #: A factory takes (settings, backend, reactor) and returns an IService.
-COMPONENTS: tuple[tuple[str, str, str], ...] = ()
+COMPONENTS: tuple[tuple[str, str, str], ...] = (
+    ("dhcp", "dhcp_enabled", "smee.dhcp.service:makeService"),
+)
 
 
 def _makeComponents(settings: Any, backend: Any, reactor: Any) -> Iterator[tuple[str, IService]]:

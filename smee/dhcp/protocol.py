@@ -1,0 +1,239 @@
+# -*- test-case-name: tests.test_dhcp_protocol -*-
+"""The DHCP server protocol: one datagram in, at most one datagram out.
+
+Thin on purpose, like twisted.names' DNSDatagramProtocol: the codec
+(:mod:`smee.dhcp.packet`), the client classification
+(:mod:`smee.dhcp.classify`) and the policy (:mod:`smee.dhcp.policy`) do the
+work; this module only wires them to the socket and the backend, bounds the
+backend lookup in time and logs what happened.
+
+Nothing that arrives on the wire, and nothing a backend does, can make
+:meth:`DHCPServerProtocol.datagramReceived` raise or leave a failed
+Deferred unhandled: a bad packet or a failed lookup costs one log line and
+no reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as LookupTimeout
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from smee.backends import LookupFailed
+from smee.dhcp import policy as _policy
+from smee.dhcp.classify import ClientInfo
+from smee.dhcp.classify import classify as _classify
+from smee.dhcp.packet import (
+    BOOTREQUEST,
+    MESSAGE_TYPES,
+    DHCPParseError,
+    Packet,
+    PacketTooLarge,
+    build,
+    parse,
+)
+
+__all__ = ["DHCPServerProtocol", "DEFAULT_LOOKUP_TIMEOUT"]
+
+log = Logger(namespace="smee.dhcp")
+
+#: Seconds a backend lookup may take before the request is dropped. PXE ROMs
+#: resend DISCOVER after 4 s (then 8, 16, 32), so a slower answer is useless.
+DEFAULT_LOOKUP_TIMEOUT = 3.0
+
+#: Outcomes without a reply that are logged at debug, not info: in the proxy
+#: modes every ordinary (non-netboot) client on the segment gets one, and it
+#: is news to no one. Every other refusal (unknown MAC, netboot not allowed,
+#: DHCP disabled, another server chosen, RELEASE/DECLINE, …) and every NAK is
+#: logged at info; replies are logged at debug.
+QUIET_OUTCOMES = frozenset({"not-netboot"})
+
+
+def _type_name(msg_type: int | None) -> str:
+    name = MESSAGE_TYPES.get(msg_type)  # type: ignore[arg-type]
+    return name if name is not None else f"type-{msg_type}"
+
+
+class DHCPServerProtocol(DatagramProtocol):
+    """Answer DHCP requests received on one socket (one interface).
+
+    :param backend: a :class:`~smee.backends.HardwareBackend` (``by_mac``)
+    :param config: the :class:`~smee.dhcp.policy.DHCPConfig`
+    :param clock: the IReactorTime that times lookups out
+    :param iface: the interface this socket serves, for logs ("" = all)
+    :param lookup_timeout: seconds before a pending lookup is abandoned
+    :param server_port: replaces port 67 in reply destinations (relays)
+    :param client_port: replaces port 68 in reply destinations (clients)
+    :param classify: request → ClientInfo (default :func:`smee.dhcp.classify.classify`)
+    :param policy: anything with ``needs_lookup``, ``decide`` and
+        ``destination`` like :mod:`smee.dhcp.policy` (the default)
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        backend: Any,
+        config: Any,
+        clock: IReactorTime,
+        iface: str = "",
+        lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
+        server_port: int = 67,
+        client_port: int = 68,
+        *,
+        classify: Callable[[Packet], ClientInfo] = _classify,
+        policy: Any = _policy,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.clock = clock
+        self.iface = iface or "*"
+        self.lookup_timeout = lookup_timeout
+        self.server_port = server_port
+        self.client_port = client_port
+        self._classify = classify
+        self._needs_lookup = policy.needs_lookup
+        self._decide = policy.decide
+        self._destination = policy.destination
+        #: lookups still waiting for the backend (cancelled on stop)
+        self._pending: set[Deferred[Any]] = set()
+
+    # --- Twisted entry points ----------------------------------------------
+
+    def stopProtocol(self) -> None:
+        """Abandon pending lookups: their timers go and no reply is sent after stop."""
+        pending, self._pending = self._pending, set()
+        for d in pending:
+            d.cancel()
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
+        try:
+            try:
+                request = parse(data)
+            except DHCPParseError as e:
+                log.info(
+                    "{iface}: dropped malformed DHCP datagram from {src[0]}:{src[1]}: {error}",
+                    iface=self.iface, src=addr, error=str(e), outcome="malformed",
+                )
+                return
+            if request.op != BOOTREQUEST:
+                log.debug(
+                    "{iface}: ignored BOOTREPLY from {src[0]}:{src[1]} (xid {xid:#010x})",
+                    iface=self.iface, src=addr, xid=request.xid, outcome="not-request",
+                )
+                return
+            client = self._classify(request)
+            if request.hlen != 6 or not self._needs_lookup(client, self.config):
+                # No hardware record can match a chaddr that is not 6 bytes
+                # (hlen 0 for InfiniBand, garbage): "not found", without
+                # troubling the backend with a key it would reject.
+                self._answer(None, request, client, addr)
+                return
+            try:
+                d = self.backend.by_mac(client.mac)
+            except Exception:
+                # A backend must fail its Deferred, but one that raises gets
+                # the same treatment.
+                self._lookupFailed(Failure(), request, client, addr)
+                return
+            if not d.called:
+                # Only a lookup that is really outstanding gets a timer: the
+                # in-memory backends answer at once and pay nothing for it.
+                self._pending.add(d)
+                d.addTimeout(self.lookup_timeout, self.clock)
+                d.addBoth(self._settled, d)
+            d.addCallbacks(
+                self._answer, self._lookupFailed,
+                callbackArgs=(request, client, addr), errbackArgs=(request, client, addr),
+            )
+        except Exception:
+            log.failure(
+                "{iface}: error handling a datagram from {src[0]}:{src[1]}",
+                iface=self.iface, src=addr, level=LogLevel.error,
+            )
+
+    # --- one request ---------------------------------------------------------
+
+    def _settled(self, result: Any, d: Deferred[Any]) -> Any:
+        self._pending.discard(d)
+        return result
+
+    def _lookupFailed(self, failure: Failure, request: Packet, client: ClientInfo, addr: Any) -> None:
+        """No trustworthy answer from the backend: no reply, one log line saying why."""
+        fields = dict(
+            iface=self.iface, mac=client.mac, xid=request.xid,
+            msg_type=_type_name(client.msg_type), src=addr,
+        )
+        if failure.check(LookupTimeout):
+            log.warn(
+                "{iface}: no reply to {msg_type} from {mac}: backend lookup timed out after {timeout}s",
+                timeout=self.lookup_timeout, outcome="lookup-timeout", **fields,
+            )
+        elif failure.check(CancelledError):
+            log.debug(
+                "{iface}: no reply to {msg_type} from {mac}: lookup abandoned (server stopping)",
+                outcome="lookup-cancelled", **fields,
+            )
+        elif failure.check(LookupFailed):
+            log.warn(
+                "{iface}: no reply to {msg_type} from {mac}: backend lookup failed: {error}",
+                error=str(failure.value), outcome="lookup-failed", **fields,
+            )
+        else:
+            log.failure(
+                "{iface}: no reply to {msg_type} from {mac}: backend lookup raised {error}",
+                failure, LogLevel.error,
+                error=f"{type(failure.value).__name__}: {failure.value}", outcome="lookup-error", **fields,
+            )
+
+    def _answer(self, match: Any, request: Packet, client: ClientInfo, addr: Any) -> None:
+        """Decide, encode and send; never raises (it may run as a Deferred callback)."""
+        try:
+            decision = self._decide(request, client, match, self.config)
+            reply = decision.reply
+            if reply is None:
+                (log.debug if decision.outcome in QUIET_OUTCOMES else log.info)(
+                    "{iface}: {reason} (xid {xid:#010x})",
+                    iface=self.iface, mac=client.mac, xid=request.xid,
+                    msg_type=_type_name(client.msg_type), outcome=decision.outcome,
+                    reason=decision.reason, src=addr,
+                )
+                return
+            try:
+                data = build(reply, max_size=request.max_size())
+            except PacketTooLarge as e:
+                log.error(
+                    "{iface}: no reply to {msg_type} from {mac}: reply does not fit the client's "
+                    "{max_size}-byte limit: {error}",
+                    iface=self.iface, mac=client.mac, xid=request.xid,
+                    msg_type=_type_name(client.msg_type), outcome="too-large",
+                    max_size=request.max_size(), error=str(e), src=addr,
+                )
+                return
+            host, port = self._destination(request, reply)
+            if port == 67:
+                port = self.server_port
+            elif port == 68:
+                port = self.client_port
+            transport = self.transport
+            if transport is None:  # stopped while the lookup was pending
+                return
+            transport.write(data, (host, port))
+            (log.info if decision.outcome == "nak" else log.debug)(
+                "{iface}: {reply_type} to {mac} via {dst[0]}:{dst[1]} (xid {xid:#010x}): {reason}",
+                iface=self.iface, mac=client.mac, xid=request.xid,
+                msg_type=_type_name(client.msg_type), reply_type=_type_name(reply.msg_type),
+                outcome=decision.outcome, reason=decision.reason, src=addr, dst=(host, port),
+                size=len(data),
+            )
+        except Exception:
+            log.failure(
+                "{iface}: error answering {msg_type} from {mac}",
+                iface=self.iface, mac=client.mac, xid=request.xid,
+                msg_type=_type_name(client.msg_type), src=addr, level=LogLevel.error,
+            )

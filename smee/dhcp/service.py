@@ -1,0 +1,177 @@
+# -*- test-case-name: tests.test_dhcp_socket -*-
+"""The DHCP service: one UDP socket per interface, each with its own protocol.
+
+Twisted's ``listenUDP`` cannot set socket options before ``bind``, and
+SO_BINDTODEVICE must be set before binding for several interfaces to share
+``0.0.0.0:67``. So the sockets are made here, configured, bound, and handed
+to the reactor with ``adoptDatagramPort``.
+
+Binding happens in :meth:`DHCPService.privilegedStartService`, so that
+``twistd -u/-g`` binds port 67 as root and then drops privileges. Twisted's
+UDP has no IP_PKTINFO, so one socket per interface is also how a request's
+ingress interface is known (python-stack.md §3.1).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, Callable, Iterable
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from smee.dhcp.protocol import DEFAULT_LOOKUP_TIMEOUT, DHCPServerProtocol
+
+__all__ = ["DHCPService", "DHCPBindError", "makeService", "open_socket"]
+
+log = Logger(namespace="smee.dhcp")
+
+# Linux value; the socket module has it on Linux, the fallback keeps imports working elsewhere.
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+class DHCPBindError(SystemExit):
+    """A DHCP socket could not be opened; the text names the option and the OS error.
+
+    A SystemExit, like the tap's other start-up errors: twistd prints the
+    one line and exits non-zero instead of half-starting with a traceback.
+    """
+
+
+def _where(address: tuple[str, int], iface: str) -> str:
+    return f"{address[0]}:{address[1]}" + (f" (iface {iface})" if iface else "")
+
+
+def open_socket(address: tuple[str, int], iface: str = "") -> socket.socket:
+    """A non-blocking UDP socket bound to ``address``, on device ``iface`` if given.
+
+    SO_REUSEADDR, SO_BROADCAST and SO_BINDTODEVICE are all set before bind.
+    Raises :class:`DHCPBindError` naming ``--dhcp-iface`` or ``--dhcp-addr``.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if iface:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.encode())
+            except OSError as e:
+                hint = ""
+                if e.errno == errno.ENODEV:
+                    hint = " (no such network interface)"
+                elif e.errno == errno.EPERM:
+                    hint = " (this kernel needs CAP_NET_RAW for SO_BINDTODEVICE)"
+                raise DHCPBindError(
+                    f"smee: --dhcp-iface={iface}: cannot bind a DHCP socket to interface {iface!r}{hint}: {e}"
+                ) from None
+        try:
+            sock.bind(address)
+        except OSError as e:
+            hint = ""
+            if e.errno == errno.EADDRINUSE:
+                hint = " (another DHCP server is listening; stop it or use --dhcp-iface)"
+            elif e.errno == errno.EACCES:
+                hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+            elif e.errno == errno.EADDRNOTAVAIL:
+                hint = " (not an address of this host; keep 0.0.0.0 and use --dhcp-iface)"
+            raise DHCPBindError(
+                f"smee: --dhcp-addr={address[0]}:{address[1]}: cannot listen for DHCP on "
+                f"{_where(address, iface)}{hint}: {e}"
+            ) from None
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class DHCPService(Service):
+    """Serve DHCP on ``address`` once per interface in ``ifaces`` (all interfaces when empty).
+
+    ``protocols`` and ``ports`` (Twisted UDP ports) are filled while running,
+    in ``ifaces`` order. ``server_port``/``client_port`` replace ports 67/68
+    in reply destinations (tests use them to catch replies on loopback).
+    """
+
+    def __init__(
+        self,
+        backend: Any,
+        config: Any,
+        reactor: Any,
+        address: tuple[Any, int] = ("0.0.0.0", 67),
+        ifaces: Iterable[str] = (),
+        *,
+        lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
+        server_port: int = 67,
+        client_port: int = 68,
+        protocol_factory: Callable[..., DHCPServerProtocol] = DHCPServerProtocol,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.reactor = reactor
+        self.address = (str(address[0]), int(address[1]))
+        self.ifaces = tuple(ifaces)
+        self.lookup_timeout = lookup_timeout
+        self.server_port = server_port
+        self.client_port = client_port
+        self.protocol_factory = protocol_factory
+        self.ports: list[Any] = []
+        self.protocols: list[DHCPServerProtocol] = []
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        if not self.ports:
+            self._listen()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if not self.ports:  # started without privilegedStartService (``twist``, tests)
+            self._listen()
+
+    def stopService(self) -> defer.Deferred[Any]:
+        Service.stopService(self)
+        ports, self.ports, self.protocols = self.ports, [], []
+        return defer.gatherResults(
+            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True
+        )
+
+    def _listen(self) -> None:
+        """Open every socket or none: a failure closes what was opened, then raises."""
+        mode = getattr(self.config, "mode", "")
+        try:
+            for iface in self.ifaces or ("",):
+                sock = open_socket(self.address, iface)
+                try:
+                    protocol = self.protocol_factory(
+                        self.backend, self.config, self.reactor, iface,
+                        lookup_timeout=self.lookup_timeout,
+                        server_port=self.server_port, client_port=self.client_port,
+                    )
+                    port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol)
+                finally:
+                    sock.close()  # the reactor holds its own duplicate
+                port.setBroadcastAllowed(True)
+                self.ports.append(port)
+                self.protocols.append(protocol)
+                host = port.getHost()
+                log.info(
+                    "DHCP listening on {host}:{port} ({where}), mode {mode}",
+                    host=host.host, port=host.port,
+                    where=f"iface {iface}" if iface else "all interfaces",
+                    iface=iface, mode=mode,
+                )
+        except BaseException:
+            for port in self.ports:
+                port.stopListening()
+            self.ports, self.protocols = [], []
+            raise
+
+
+def makeService(settings: Any, backend: Any, reactor: Any) -> DHCPService:
+    """The ``dhcp`` child of ``twistd smee``: --dhcp-addr on each --dhcp-iface."""
+    from smee.dhcp.policy import DHCPConfig
+
+    host, port = settings.dhcp_addr
+    return DHCPService(backend, DHCPConfig.from_settings(settings), reactor, (str(host), port), settings.dhcp_iface)

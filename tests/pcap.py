@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
+#: The project's shared material lies beside the repository (as in CI); SMEE_SHARED overrides.
+SHARED = Path(os.environ.get("SMEE_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
+CAPTURES = SHARED / "captures"
 
 
 @dataclass(frozen=True)
@@ -52,4 +55,11 @@ def dhcp_payloads(path: Path) -> list[Datagram]:
 
 
 def capture_files() -> list[Path]:
-    return sorted(CAPTURES.glob("*.pcap"))
+    """The real client captures; their absence is an error, not an empty test."""
+    files = sorted(CAPTURES.glob("*.pcap"))
+    if not files:
+        raise FileNotFoundError(
+            f"no captures in {CAPTURES}: the tests expect the project's shared/ folder beside the "
+            "repository (or set SMEE_SHARED to it)"
+        )
+    return files

@@ -211,6 +211,10 @@ def _table() -> tuple[Setting, ...]:
         S("tftp-port", "69", p_port, "TFTP listen port.", "tftp"),
         S("tftp-timeout", "5s", p_duration, "TFTP retransmission timeout per packet.", "tftp"),
         S("tftp-block-size", "512", p_int(512, 65464), "Largest TFTP block size negotiated (also capped by the interface MTU).", "tftp"),
+        S("tftp-single-port", "false", p_bool, "Serve every transfer from the listening port (Smee's mode, for NAT); default is one port per transfer (RFC 1350).", "tftp"),
+        S("tftp-max-sessions", "1024", p_int(1, 100000), "Most TFTP transfers in progress at once; more get an ERROR.", "tftp"),
+        S("tftp-retries", "5", p_int(1, 20), "Retransmissions of a TFTP packet before the transfer is abandoned.", "tftp"),
+        S("ipxe-dir", "", p_str, "Directory of the iPXE binaries (undionly.kpxe, ipxe.efi, snp.efi). Default: where 'make bindata' put them, else /usr/lib/ipxe.", "tftp"),
         # HTTP
         S("http-ipxe-binary-enabled", "true", p_bool, "Serve iPXE binaries over HTTP under /ipxe/.", "http"),
         S("http-ipxe-script-enabled", "true", p_bool, "Serve iPXE scripts (auto.ipxe).", "http"),

@@ -80,7 +80,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     backend = _makeBackend(settings, reactor)
     backend.setName("backend")
     backend.setServiceParent(top)
-    for name, svc in _makeComponents(settings, backend, reactor):
+    runtime = makeRuntime(settings, backend, reactor)
+    for name, svc in _makeComponents(settings, runtime, reactor):
         svc.setName(name)
         svc.setServiceParent(top)
     log.info(
@@ -114,14 +115,31 @@ def _makeBackend(settings: Any, reactor: Any) -> Any:
     return NoopBackend()
 
 
+def makeRuntime(settings: Any, backend: Any, reactor: Any) -> Any:
+    """What the components share: the iPXE binaries are read (and their warnings logged) once."""
+    from dataclasses import replace
+
+    from smee.chainload import Chainloads
+    from smee.dhcp.policy import DHCPConfig
+    from smee.runtime import Runtime
+    from smee.tftp.files import Binaries, default_ipxe_dir
+
+    binaries = Binaries.load(settings.ipxe_dir or default_ipxe_dir())
+    for warning in binaries.warnings:
+        log.warn("iPXE binaries: {warning}", warning=warning, ipxe_dir=binaries.directory)
+    dhcp = replace(DHCPConfig.from_settings(settings), available_binaries=binaries.available())
+    return Runtime(backend=backend, binaries=binaries, dhcp=dhcp, chainloads=Chainloads(reactor))
+
+
 #: (child name, Settings attribute that enables it, factory module:function).
-#: A factory takes (settings, backend, reactor) and returns an IService.
+#: A factory takes (settings, runtime: smee.runtime.Runtime, reactor) and returns an IService.
 COMPONENTS: tuple[tuple[str, str, str], ...] = (
     ("dhcp", "dhcp_enabled", "smee.dhcp.service:makeService"),
+    ("tftp", "tftp_enabled", "smee.tftp.service:makeService"),
 )
 
 
-def _makeComponents(settings: Any, backend: Any, reactor: Any) -> Iterator[tuple[str, IService]]:
+def _makeComponents(settings: Any, runtime: Any, reactor: Any) -> Iterator[tuple[str, IService]]:
     """One service per enabled component, in start order, each built by its own factory."""
     from importlib import import_module
 
@@ -130,4 +148,4 @@ def _makeComponents(settings: Any, backend: Any, reactor: Any) -> Iterator[tuple
             log.info("{component} disabled by configuration", component=name)
             continue
         module, _, func = factory.partition(":")
-        yield name, getattr(import_module(module), func)(settings, backend, reactor)
+        yield name, getattr(import_module(module), func)(settings, runtime, reactor)

@@ -3,6 +3,11 @@
 * :class:`FakeUDPTransport`: ``FakeDatagramTransport`` plus what a real
   ``udp.Port`` also has (broadcast flag, ``getHost``, ``connect``,
   ``stopListening``), recording every ``write`` in ``.written``.
+* :class:`FakeUDPReactor`: a :class:`~twisted.internet.task.Clock` whose
+  ``listenUDP`` connects the protocol to a :class:`FakeUDPPort` (a
+  FakeUDPTransport whose ``stopListening`` stops the protocol, as a real
+  port does), so servers that open a port per transfer (TFTP) can be driven
+  without sockets; ``ports`` records every port opened.
 * :class:`FakeBackend`: a hardware backend whose answers are set per MAC or
   IP: a Match, ``None``, an exception (becomes a failed Deferred) or a
   Deferred the test fires later; every call is recorded.
@@ -16,12 +21,14 @@ from ipaddress import IPv4Address
 from typing import Any, Iterable, Mapping
 
 from twisted.internet import address, defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport
 from twisted.logger import formatEvent
 
 from smee.hardware import Hardware, Interface, Match, normalize_mac
 
-__all__ = ["FakeUDPTransport", "FakeBackend", "hardware", "formatted"]
+__all__ = ["FakeUDPTransport", "FakeUDPPort", "FakeUDPReactor", "FakeBackend", "hardware", "formatted"]
 
 
 class FakeUDPTransport(FakeDatagramTransport):
@@ -69,6 +76,57 @@ class FakeUDPTransport(FakeDatagramTransport):
         """Return what was written so far and forget it."""
         out, self.written = list(self.written), []
         return out
+
+
+class FakeUDPPort(FakeUDPTransport):
+    """A listening port from :class:`FakeUDPReactor`: ``stopListening`` stops its protocol once."""
+
+    def __init__(self, protocol: Any, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.protocol = protocol
+
+    def stopListening(self) -> defer.Deferred[None]:
+        if self.listening:
+            self.listening = False
+            self.protocol.doStop()
+        return defer.succeed(None)
+
+    loseConnection = stopListening
+
+    def receive(self, data: bytes, src: tuple[str, int]) -> None:
+        """Deliver a datagram from ``src`` to the protocol, as the reactor would."""
+        if not self.listening:
+            raise AssertionError(f"datagram to closed port {self.host.port}")
+        self.protocol.datagramReceived(data, src)
+
+
+class FakeUDPReactor(Clock):
+    """A Clock with an in-memory ``listenUDP`` (IReactorUDP + IReactorTime for protocol tests).
+
+    Port 0 gets the next number from ``first_port`` up. ``fail_listen``
+    (an OSError) makes the next ``listenUDP`` raise CannotListenError with it.
+    """
+
+    def __init__(self, first_port: int = 40000) -> None:
+        super().__init__()
+        self.ports: list[FakeUDPPort] = []
+        self._next = first_port
+        self.fail_listen: OSError | None = None
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> FakeUDPPort:
+        if self.fail_listen is not None:
+            error, self.fail_listen = self.fail_listen, None
+            raise CannotListenError(interface, port, error)
+        if port == 0:
+            port, self._next = self._next, self._next + 1
+        udp = FakeUDPPort(protocol, interface or "0.0.0.0", port)
+        self.ports.append(udp)
+        protocol.makeConnection(udp)
+        return udp
+
+    @property
+    def open_ports(self) -> list[FakeUDPPort]:
+        return [p for p in self.ports if p.listening]
 
 
 class FakeBackend:

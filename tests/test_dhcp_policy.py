@@ -1148,3 +1148,116 @@ def test_boot_file_longer_than_the_header_field_goes_in_option_67(mode: str) -> 
 def test_short_boot_file_stays_in_the_header() -> None:
     d = run(request(DISCOVER, opts=pxe(user=b"Tinkerbell")), record())
     assert d.reply is not None and d.reply.file.startswith(b"http://") and 67 not in d.reply.options
+
+
+# =========================================================================== our own iPXE, by what smee served
+#
+# With --dhcp-ipxe-rom-chainload a foreign iPXE ROM is sent to our binary over
+# TFTP. Stock binaries set no Tinkerbell user class of their own (BIOS
+# undionly.kpxe never runs autoexec.ipxe), and Debian's build reports the same
+# option 175.235 version (1.0.0) as many ROMs, so the request cannot tell them
+# apart. smee's TFTP server records the MACs it completed a binary transfer to
+# (smee.chainload.Chainloads); the protocol passes that to decide() as
+# ``served``, and that is what ends the chain.
+
+OURS = b"\x01\x00\x00"  # what Debian's 1.21.1+git20250501 binaries send (tests/test_tftp_files.py)
+
+
+def ipxe_request(version: bytes | None = OURS, user: bytes | None = b"iPXE", arch: int = 7) -> tuple[Packet, dict[str, Any]]:
+    """An iPXE DHCPDISCOVER with option 175 carrying ``version`` (and the classify override for the oracle)."""
+    extra = {} if version is None else {"o175": bytes((0xEB, len(version))) + version + b"\x13\x01\x01"}
+    p = request(DISCOVER, opts=pxe(arch=arch, user=user, **extra))
+    return p, ({} if REAL_CLASSIFY else {"ipxe_version": version})
+
+
+SERVED_CASES = [
+    # name, chainload, served, user class, expected file
+    ("rom-gets-our-binary", True, False, b"iPXE", f"tftp://{TFTP}:69/{MAC}/ipxe.efi"),
+    ("our-binary-gets-the-script", True, True, b"iPXE", SCRIPT_FOR_MAC),
+    ("switch-off-rom", False, False, b"iPXE", SCRIPT_FOR_MAC),
+    ("switch-off-served", False, True, b"iPXE", SCRIPT_FOR_MAC),
+    ("tinkerbell-always-the-script", True, False, b"Tinkerbell", SCRIPT_FOR_MAC),
+    ("pxe-rom-is-unaffected", True, False, b"", "ipxe.efi"),
+    ("pxe-rom-served-is-unaffected", True, True, b"", "ipxe.efi"),
+]
+
+
+@pytest.mark.parametrize("mode", [RESERVATION, PROXY, AUTO_PROXY])
+@pytest.mark.parametrize("name,chainload,served,user,file", SERVED_CASES, ids=[c[0] for c in SERVED_CASES])
+def test_chainload_ends_once_smee_served_the_binary(
+    mode: str, name: str, chainload: bool, served: bool, user: bytes, file: str
+) -> None:
+    config = cfg(mode=mode, ipxe_rom_chainload=chainload)
+    p, override = ipxe_request(user=user or None)
+    d = decide(p, info(p, **override), record(), config, served)
+    assert d.reply is not None, d.reason
+    assert d.reply.file == file.encode() and d.reply.siaddr == b4(TFTP)
+
+
+def test_served_binary_with_a_hardware_script_url() -> None:
+    config = cfg(ipxe_rom_chainload=True)
+    p, override = ipxe_request()
+    d = decide(p, info(p, **override), record(ipxe_url="http://192.0.2.99/custom.ipxe"), config, True)
+    assert d.reply is not None and d.reply.file == b"http://192.0.2.99/custom.ipxe"
+
+
+@pytest.mark.parametrize("mode,sent", [(RESERVATION, True), (PROXY, False), (AUTO_PROXY, False)])
+def test_missing_binary_gives_a_lease_without_boot_file(mode: str, sent: bool) -> None:
+    """No snp.efi: an arm64 client still gets its address (reservation), but no boot file; proxy modes stay silent."""
+    config = cfg(
+        mode=mode, ipxe_rom_chainload=True,
+        available_binaries=frozenset({"undionly.kpxe", "ipxe.efi", "ipxe.iso"}),
+    )
+    for served in (False, True):
+        p, override = ipxe_request(arch=11)
+        d = decide(p, info(p, **override), record(), config, served)
+        if sent:
+            assert d.reply is not None and d.reply.yiaddr == b4(RESERVED)
+            assert d.reply.file == b"" and d.reply.siaddr == Z and 43 not in d.reply.options
+            assert "snp.efi is not available" in d.reason
+        else:
+            assert d.reply is None and d.outcome == "no-binary"
+    # and x86 UEFI, whose binary is there, is unaffected
+    p, override = ipxe_request(arch=7)
+    d = decide(p, info(p, **override), record(), config, True)
+    assert d.reply is not None and d.reply.file == SCRIPT_FOR_MAC.encode()
+
+
+def test_from_settings_knows_no_binaries() -> None:
+    """from_settings alone offers every binary; makeRuntime fills in what --ipxe-dir has."""
+    assert cfg().available_binaries is None
+
+
+def test_runtime_loads_the_binaries_once(hwfile: str, tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs
+
+    from smee.dhcp.service import makeService
+    from smee.tap import makeRuntime
+
+    ipxe = tmp_path / "ipxe"
+    ipxe.mkdir()
+    (ipxe / "undionly.kpxe").write_bytes(b"compressed")
+    (ipxe / "ipxe-amd64.efi").write_bytes(b"efi")
+    s = settings(hwfile, f"--ipxe-dir={ipxe}")
+    with capturedLogs() as events:
+        runtime = makeRuntime(s, None, Clock())
+        service = makeService(s, runtime, Clock())
+    assert service.config.available_binaries == frozenset({"undionly.kpxe", "ipxe.efi"})
+    assert service.chainloads is runtime.chainloads
+    warned = [e["warning"] for e in events if "warning" in e]
+    assert f"no snp.efi (arm64 UEFI) in {ipxe}: arm64 clients will get no boot file" in warned
+    assert len(warned) == len(set(warned)), "each warning once"
+    assert all(e["log_level"].name == "warn" for e in events if "warning" in e)
+
+
+def test_runtime_without_binaries_still_starts(hwfile: str, tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from smee.tap import makeRuntime
+
+    runtime = makeRuntime(settings(hwfile, f"--ipxe-dir={tmp_path / 'missing'}"), None, Clock())
+    assert runtime.dhcp.available_binaries == frozenset()
+    p, override = ipxe_request()
+    d = decide(p, info(p, **override), record(), runtime.dhcp)
+    assert d.reply is not None and d.reply.file == b"" and "not available" in d.reason

@@ -391,7 +391,7 @@ def test_auto_proxy_never_asks_the_backend(logs: Any) -> None:
 
 
 def fake_policy(reply_options: dict[int, bytes] | None = None, decide: Any = None) -> SimpleNamespace:
-    def _decide(request: Packet, client: Any, match: Any, cfg: Any) -> Decision:
+    def _decide(request: Packet, client: Any, match: Any, cfg: Any, served: bool = False) -> Decision:
         opts = {53: bytes((OFFER,))}
         opts.update(reply_options or {})
         return Decision(Packet(BOOTREPLY, xid=request.xid, chaddr=request.chaddr, options=opts), "test offer", "offer")

@@ -207,13 +207,19 @@ def needs_lookup(client: ClientInfo, config: DHCPConfig) -> bool:
     return config.mode != AUTO_PROXY
 
 
-def decide(request: Packet, client: ClientInfo, match: Match | None, config: DHCPConfig) -> Decision:
-    """The reply to ``request``; ``match`` is the lookup by MAC (None = not found / not looked up)."""
+def decide(
+    request: Packet, client: ClientInfo, match: Match | None, config: DHCPConfig, served: bool = False
+) -> Decision:
+    """The reply to ``request``; ``match`` is the lookup by MAC (None = not found / not looked up).
+
+    ``served``: smee's TFTP server sent this MAC an iPXE binary moments ago
+    (:class:`smee.chainload.Chainloads`), so an "iPXE" client is our binary.
+    """
     if request.op != BOOTREQUEST:
         return Decision(None, f"ignored a BOOTREPLY (op {request.op}) from {client.mac}", "ignored")
     if config.mode == RESERVATION:
-        return _reservation(request, client, match, config)
-    return _proxy(request, client, match, config)
+        return _reservation(request, client, match, config, served)
+    return _proxy(request, client, match, config, served)
 
 
 def destination(request: Packet, reply: Packet) -> tuple[str, int]:
@@ -250,7 +256,7 @@ def _no_binary_reason(client: ClientInfo) -> str:
 
 
 def _boot(
-    client: ClientInfo, binary: str, hw_script_url: str, config: DHCPConfig
+    client: ClientInfo, binary: str, hw_script_url: str, config: DHCPConfig, served: bool
 ) -> tuple[str, bytes, bytes]:
     """(file, siaddr, sname) for a netboot client, smee-study §1.2, first match wins.
 
@@ -270,8 +276,10 @@ def _boot(
     if user_class == _IPXE:
         # A foreign iPXE ROM: Smee chains it to our iPXE over TFTP, but a stock
         # ROM-loaded iPXE does not set user class Tinkerbell, so it would come
-        # back here forever. Send it straight to the script unless told otherwise.
-        if config.ipxe_rom_chainload:
+        # back here forever. Send it straight to the script unless told otherwise,
+        # and even then once it runs the binary we just served (``served``): its
+        # request looks like the ROM's (Debian's build even reports the same version).
+        if config.ipxe_rom_chainload and not served:
             url = f"{config.tftp_url_prefix}{mac}/{binary}"
         else:
             url = hw_script_url or config.script_url_for(mac)
@@ -355,7 +363,9 @@ def _nak(request: Packet, client: ClientInfo, config: DHCPConfig, why: str) -> D
 # --- reservation mode ---
 
 
-def _reservation(request: Packet, client: ClientInfo, match: Match | None, config: DHCPConfig) -> Decision:
+def _reservation(
+    request: Packet, client: ClientInfo, match: Match | None, config: DHCPConfig, served: bool
+) -> Decision:
     mac = client.mac
     mt = client.msg_type
     if mt == DISCOVER:
@@ -419,7 +429,7 @@ def _reservation(request: Packet, client: ClientInfo, match: Match | None, confi
         elif binary is None:
             note = f", no boot file: {_no_binary_reason(client)}"
         else:
-            file, siaddr, _ = _boot(client, binary, iface.ipxe_url, config)
+            file, siaddr, _ = _boot(client, binary, iface.ipxe_url, config, served)
             o43 = _vendor(client, lease.vlan_sub)
             if client.client_type == _HTTP_CLIENT:
                 o60 = b"HTTPClient"
@@ -481,7 +491,9 @@ def _bootfile(file: str, options: dict[int, bytes]) -> bytes:
 # --- proxy and auto-proxy modes ---
 
 
-def _proxy(request: Packet, client: ClientInfo, match: Match | None, config: DHCPConfig) -> Decision:
+def _proxy(
+    request: Packet, client: ClientInfo, match: Match | None, config: DHCPConfig, served: bool
+) -> Decision:
     mac = client.mac
     mt = client.msg_type
     if mt == DISCOVER:
@@ -508,7 +520,7 @@ def _proxy(request: Packet, client: ClientInfo, match: Match | None, config: DHC
             vlan_sub = bytes((opt.PXE_VLAN_ID, len(raw))) + raw
 
     # The global script URL only: Smee does not use the hardware's URL in proxy mode.
-    file, siaddr, sname = _boot(client, binary, "", config)
+    file, siaddr, sname = _boot(client, binary, "", config, served)
     http = client.client_type == _HTTP_CLIENT
     ropts = request.options
     o: dict[int, bytes] = {43: _vendor(client, vlan_sub), 53: reply_type}

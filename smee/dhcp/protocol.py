@@ -70,6 +70,8 @@ class DHCPServerProtocol(DatagramProtocol):
     :param server_port: replaces port 67 in reply destinations (relays)
     :param client_port: replaces port 68 in reply destinations (clients)
     :param classify: request → ClientInfo (default :func:`smee.dhcp.classify.classify`)
+    :param chainloads: the :class:`smee.chainload.Chainloads` that TFTP fills
+        (with ``--dhcp-ipxe-rom-chainload``, how our own iPXE is recognised)
     :param policy: anything with ``needs_lookup``, ``decide`` and
         ``destination`` like :mod:`smee.dhcp.policy` (the default)
     """
@@ -86,6 +88,7 @@ class DHCPServerProtocol(DatagramProtocol):
         server_port: int = 67,
         client_port: int = 68,
         *,
+        chainloads: Any = None,
         classify: Callable[[Packet], ClientInfo] = _classify,
         policy: Any = _policy,
     ) -> None:
@@ -96,6 +99,8 @@ class DHCPServerProtocol(DatagramProtocol):
         self.lookup_timeout = lookup_timeout
         self.server_port = server_port
         self.client_port = client_port
+        #: :class:`smee.chainload.Chainloads` (TFTP records, we read), or None
+        self.chainloads = chainloads
         self._classify = classify
         self._needs_lookup = policy.needs_lookup
         self._decide = policy.decide
@@ -194,7 +199,13 @@ class DHCPServerProtocol(DatagramProtocol):
     def _answer(self, match: Any, request: Packet, client: ClientInfo, addr: Any) -> None:
         """Decide, encode and send; never raises (it may run as a Deferred callback)."""
         try:
-            decision = self._decide(request, client, match, self.config)
+            served = (
+                self.chainloads is not None
+                and client.user_class == "iPXE"
+                and self.config.ipxe_rom_chainload
+                and self.chainloads.recent(client.mac)
+            )
+            decision = self._decide(request, client, match, self.config, served)
             reply = decision.reply
             if reply is None:
                 (log.debug if decision.outcome in QUIET_OUTCOMES else log.info)(

@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from smee.dhcp.protocol import DEFAULT_LOOKUP_TIMEOUT, DHCPServerProtocol
+from smee.listen import BindError, bind_hint
 
 __all__ = ["DHCPService", "DHCPBindError", "makeService", "open_socket"]
 
@@ -32,7 +33,7 @@ log = Logger(namespace="smee.dhcp")
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
-class DHCPBindError(SystemExit):
+class DHCPBindError(BindError):
     """A DHCP socket could not be opened; the text names the option and the OS error.
 
     A SystemExit, like the tap's other start-up errors: twistd prints the
@@ -69,13 +70,10 @@ def open_socket(address: tuple[str, int], iface: str = "") -> socket.socket:
         try:
             sock.bind(address)
         except OSError as e:
-            hint = ""
-            if e.errno == errno.EADDRINUSE:
-                hint = " (another DHCP server is listening; stop it or use --dhcp-iface)"
-            elif e.errno == errno.EACCES:
-                hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-            elif e.errno == errno.EADDRNOTAVAIL:
-                hint = " (not an address of this host; keep 0.0.0.0 and use --dhcp-iface)"
+            hint = bind_hint(
+                e, "another DHCP server is listening; stop it or use --dhcp-iface",
+                "not an address of this host; keep 0.0.0.0 and use --dhcp-iface",
+            )
             raise DHCPBindError(
                 f"smee: --dhcp-addr={address[0]}:{address[1]}: cannot listen for DHCP on "
                 f"{_where(address, iface)}{hint}: {e}"
@@ -107,8 +105,10 @@ class DHCPService(Service):
         server_port: int = 67,
         client_port: int = 68,
         protocol_factory: Callable[..., DHCPServerProtocol] = DHCPServerProtocol,
+        chainloads: Any = None,
     ) -> None:
         self.backend = backend
+        self.chainloads = chainloads
         self.config = config
         self.reactor = reactor
         self.address = (str(address[0]), int(address[1]))
@@ -148,6 +148,7 @@ class DHCPService(Service):
                         self.backend, self.config, self.reactor, iface,
                         lookup_timeout=self.lookup_timeout,
                         server_port=self.server_port, client_port=self.client_port,
+                        chainloads=self.chainloads,
                     )
                     port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol)
                 finally:
@@ -169,9 +170,10 @@ class DHCPService(Service):
             raise
 
 
-def makeService(settings: Any, backend: Any, reactor: Any) -> DHCPService:
+def makeService(settings: Any, runtime: Any, reactor: Any) -> DHCPService:
     """The ``dhcp`` child of ``twistd smee``: --dhcp-addr on each --dhcp-iface."""
-    from smee.dhcp.policy import DHCPConfig
-
     host, port = settings.dhcp_addr
-    return DHCPService(backend, DHCPConfig.from_settings(settings), reactor, (str(host), port), settings.dhcp_iface)
+    return DHCPService(
+        runtime.backend, runtime.dhcp, reactor, (str(host), port), settings.dhcp_iface,
+        chainloads=runtime.chainloads,
+    )

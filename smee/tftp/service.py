@@ -1,0 +1,179 @@
+# -*- test-case-name: tests.test_tftp_protocol -*-
+"""The TFTP service: one listening UDP socket, the binaries loaded once.
+
+Binding happens in :meth:`TFTPService.privilegedStartService`, so that
+``twistd -u/-g`` binds port 69 as root and then drops privileges (the
+per-transfer ports are ephemeral and need no privilege).
+
+The largest block size is fixed here, at start-up, from the MTU of the
+interface holding ``--tftp-addr``: a DATA packet larger than the path MTU
+is fragmented, and many PXE ROMs cannot reassemble fragments, so a
+``--tftp-block-size`` above what fits one frame would make them hang.
+"""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Address
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from smee import netif
+from smee.listen import BindError, bind_hint
+from smee.tftp.protocol import LARGEST_BLKSIZE, TFTPConfig, TFTPServerProtocol
+
+__all__ = ["TFTPService", "TFTPBindError", "makeService", "max_blksize", "interface_for"]
+
+log = Logger(namespace="smee.tftp")
+
+#: IPv4 header (20) + UDP header (8) + TFTP DATA header (4).
+DATA_OVERHEAD = 32
+
+#: The MTU assumed when the interface of --tftp-addr cannot be found (0.0.0.0,
+#: a secondary address): Ethernet's, the common case on provisioning networks.
+FALLBACK_MTU = 1500
+
+
+class TFTPBindError(BindError):
+    """The TFTP socket could not be opened; the text names the option and the OS error.
+
+    A SystemExit like the DHCP service's: twistd prints the one line and exits
+    non-zero instead of half-starting with a traceback.
+    """
+
+
+def interface_for(
+    address: IPv4Address,
+    names: Callable[[], list[tuple[int, str]]] = socket.if_nameindex,
+    ipv4: Callable[[str], IPv4Address | None] = netif.interface_ipv4,
+) -> str | None:
+    """The interface whose primary IPv4 address is ``address``, or None.
+
+    Only the primary address is seen (SIOCGIFADDR): a secondary address
+    falls back to :data:`FALLBACK_MTU`, which is safe on Ethernet.
+    """
+    if address.is_unspecified:
+        return None
+    for _, name in names():
+        if ipv4(name) == address:
+            return name
+    return None
+
+
+def max_blksize(
+    setting: int,
+    address: IPv4Address,
+    *,
+    names: Callable[[], list[tuple[int, str]]] = socket.if_nameindex,
+    ipv4: Callable[[str], IPv4Address | None] = netif.interface_ipv4,
+    mtu: Callable[[str], int | None] = netif.interface_mtu,
+) -> tuple[int, str]:
+    """The largest blksize to grant, and where the cap came from (for the start-up log).
+
+    ``min(--tftp-block-size, MTU − 32, 65464)``, the MTU being that of the
+    interface holding ``address``.
+    """
+    name = interface_for(address, names, ipv4)
+    found = mtu(name) if name is not None else None
+    if found is None:
+        link, where = FALLBACK_MTU, f"MTU {FALLBACK_MTU} assumed (no interface has {address} as its address)"
+    else:
+        link, where = found, f"MTU {found} of {name}"
+    return max(512, min(setting, link - DATA_OVERHEAD, LARGEST_BLKSIZE)), where
+
+
+def _bind_error(address: tuple[str, int], e: OSError) -> TFTPBindError:
+    hint = bind_hint(
+        e, "another TFTP server is listening; stop it or choose another --tftp-port",
+        "not an address of this host; set --tftp-addr to one",
+    )
+    return TFTPBindError(
+        f"smee: --tftp-addr={address[0]} --tftp-port={address[1]}: cannot listen for TFTP on "
+        f"{address[0]}:{address[1]}{hint}: {e.strerror or e}"
+    )
+
+
+class TFTPService(Service):
+    """Serve TFTP on ``address``; ``protocol`` and ``port`` are set while running."""
+
+    def __init__(
+        self,
+        binaries: Any,
+        backend: Any,
+        config: TFTPConfig,
+        reactor: Any,
+        address: tuple[Any, int] = ("0.0.0.0", 69),
+        *,
+        protocol_factory: Callable[..., TFTPServerProtocol] = TFTPServerProtocol,
+        blksize_note: str = "",
+        chainloads: Any = None,
+    ) -> None:
+        self.chainloads = chainloads
+        self.binaries = binaries
+        self.backend = backend
+        self.config = config
+        self.reactor = reactor
+        self.address = (str(address[0]), int(address[1]))
+        self.protocol_factory = protocol_factory
+        self.blksize_note = blksize_note
+        self.port: Any = None
+        self.protocol: TFTPServerProtocol | None = None
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        if self.port is None:
+            self._listen()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.port is None:  # started without privilegedStartService (``twist``, tests)
+            self._listen()
+
+    def stopService(self) -> defer.Deferred[Any]:
+        Service.stopService(self)
+        port, protocol, self.port, self.protocol = self.port, self.protocol, None, None
+        if protocol is not None:
+            # Now, not when the port's connectionLost runs a reactor turn later:
+            # no session may retransmit after stopService returned.
+            protocol.stopTransfers()
+        if port is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(port.stopListening)
+
+    def _listen(self) -> None:
+        host, number = self.address
+        protocol = self.protocol_factory(
+            self.binaries, self.backend, self.config, self.reactor, host, chainloads=self.chainloads
+        )
+        try:
+            self.port = self.reactor.listenUDP(number, protocol, interface=host)
+        except CannotListenError as e:
+            error = e.socketError if isinstance(e.socketError, OSError) else OSError(str(e.socketError))
+            raise _bind_error(self.address, error) from None
+        self.protocol = protocol
+        bound = self.port.getHost()
+        c = self.config
+        log.info(
+            "TFTP listening on {host}:{port}, {ports}, blksize up to {blksize} ({note}), "
+            "{count} binaries from {ipxe_dir}",
+            host=bound.host, port=bound.port,
+            ports="single port" if c.single_port else "one port per transfer",
+            blksize=c.max_blksize, note=self.blksize_note,
+            count=len(self.binaries.available()), ipxe_dir=c.ipxe_dir, mode=c.mode,
+        )
+
+
+def makeService(settings: Any, runtime: Any, reactor: Any) -> TFTPService:
+    """The ``tftp`` child of ``twistd smee``: --tftp-addr:--tftp-port, binaries from --ipxe-dir."""
+    cap, note = max_blksize(settings.tftp_block_size, settings.tftp_addr)
+    config = TFTPConfig.from_settings(
+        settings, max_blksize=cap, ipxe_dir=runtime.binaries.directory, dhcp=runtime.dhcp,
+    )
+    return TFTPService(
+        runtime.binaries, runtime.backend, config, reactor, (str(settings.tftp_addr), settings.tftp_port),
+        blksize_note=note, chainloads=runtime.chainloads,
+    )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
+
+from twisted.application.service import Service
 
 
 class BindError(SystemExit):
@@ -18,3 +21,28 @@ def bind_hint(e: OSError, in_use: str, not_local: str) -> str:
     if e.errno == errno.EADDRNOTAVAIL:
         return f" ({not_local})"
     return ""
+
+
+class ListeningService(Service):
+    """A service with one listening port, bound before twistd drops privileges.
+
+    twistd calls ``privilegedStartService`` as root (ports 67/69/80), then
+    switches to ``-u/-g`` and calls ``startService``; ``twist`` and tests call
+    only ``startService``. Either way the port is bound exactly once, by
+    ``_listen`` in the subclass, which sets ``self.port``.
+    """
+
+    port: Any = None
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        if self.port is None:
+            self._listen()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.port is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        raise NotImplementedError

@@ -2,14 +2,19 @@
 
 Each component factory receives ``(settings, runtime, reactor)``: one hardware
 backend, one copy of the iPXE binaries in memory, one DHCP configuration that
-already knows which binaries exist, and one chainload record that TFTP writes
-and DHCP reads.
+already knows which binaries exist, one chainload record that TFTP writes
+and DHCP reads, the installers registry that writes iPXE scripts, and the
+Prometheus registry every component puts its metrics in (a registry of our
+own, not prometheus_client's global one, so tests and a second server in
+one process start from zero).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from smee.chainload import Chainloads
 from smee.dhcp.policy import DHCPConfig
@@ -23,3 +28,7 @@ class Runtime:
     #: DHCPConfig.from_settings with available_binaries filled in
     dhcp: DHCPConfig
     chainloads: Chainloads
+    #: installers.registry.Registry: render(ctx), asset(path)
+    installers: Any = None
+    #: what /metrics exposes
+    metrics: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))

@@ -10,7 +10,8 @@ Only wiring lives here, as in twisted.names.tap: Options turns flags,
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
@@ -99,7 +100,6 @@ def _makeBackend(settings: Any, reactor: Any) -> Any:
     kind = config.backend_name(settings)
     if kind == "file":
         from smee.backends.file import FileBackend
-
         from smee.formats import HardwareFileError
 
         backend = FileBackend(settings.backend_file_path, reactor)
@@ -116,9 +116,18 @@ def _makeBackend(settings: Any, reactor: Any) -> Any:
 
 
 def makeRuntime(settings: Any, backend: Any, reactor: Any) -> Any:
-    """What the components share: the iPXE binaries are read (and their warnings logged) once."""
+    """What the components share: the iPXE binaries are read (and their warnings logged) once,
+    the installers (built-ins and ``smee.installers`` entry points) registered once."""
     from dataclasses import replace
 
+    from prometheus_client import (
+        CollectorRegistry,
+        GCCollector,
+        PlatformCollector,
+        ProcessCollector,
+    )
+
+    from installers import load
     from smee.chainload import Chainloads
     from smee.dhcp.policy import DHCPConfig
     from smee.runtime import Runtime
@@ -128,14 +137,27 @@ def makeRuntime(settings: Any, backend: Any, reactor: Any) -> Any:
     for warning in binaries.warnings:
         log.warn("iPXE binaries: {warning}", warning=warning, ipxe_dir=binaries.directory)
     dhcp = replace(DHCPConfig.from_settings(settings), available_binaries=binaries.available())
-    return Runtime(backend=backend, binaries=binaries, dhcp=dhcp, chainloads=Chainloads(reactor))
+    # This server's own metrics registry (never prometheus_client's global one),
+    # with the process collectors Smee's Go runtime also exposes.
+    metrics = CollectorRegistry(auto_describe=True)
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=metrics)
+    return Runtime(
+        backend=backend, binaries=binaries, dhcp=dhcp, chainloads=Chainloads(reactor),
+        # The process-wide registry: plugins that register at import land there too.
+        installers=load(),
+        metrics=metrics,
+    )
 
 
-#: (child name, Settings attribute that enables it, factory module:function).
+#: (child name, Settings attribute(s) that enable it, factory module:function).
+#: A component with several attributes runs when any of them is true.
 #: A factory takes (settings, runtime: smee.runtime.Runtime, reactor) and returns an IService.
-COMPONENTS: tuple[tuple[str, str, str], ...] = (
+COMPONENTS: tuple[tuple[str, str | tuple[str, ...], str], ...] = (
     ("dhcp", "dhcp_enabled", "smee.dhcp.service:makeService"),
     ("tftp", "tftp_enabled", "smee.tftp.service:makeService"),
+    # /healthcheck and /metrics come with either: no HTTP server when both are off.
+    ("http", ("http_ipxe_binary_enabled", "http_ipxe_script_enabled"), "smee.http.service:makeService"),
 )
 
 
@@ -144,7 +166,8 @@ def _makeComponents(settings: Any, runtime: Any, reactor: Any) -> Iterator[tuple
     from importlib import import_module
 
     for name, enabled, factory in COMPONENTS:
-        if not getattr(settings, enabled):
+        attrs = (enabled,) if isinstance(enabled, str) else enabled
+        if not any(getattr(settings, attr) for attr in attrs):
             log.info("{component} disabled by configuration", component=name)
             continue
         module, _, func = factory.partition(":")

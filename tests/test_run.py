@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +29,7 @@ def test_twistd_smee_runs_on_example_hardware_and_stops_on_sigterm(tmp_path: Pat
         "--public-ip=127.0.0.1",
         f"--dhcp-addr=127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--dhcp-iface=lo",
         f"--tftp-port={free_port(socket.SOCK_DGRAM)}",
-        f"--http-port={free_port(socket.SOCK_STREAM)}",
+        f"--http-port={(http_port := free_port(socket.SOCK_STREAM))}",
         f"--syslog-port={free_port(socket.SOCK_DGRAM)}",
     ]
     run_script = (REPO / "scripts" / "run").read_text()
@@ -37,11 +38,17 @@ def test_twistd_smee_runs_on_example_hardware_and_stops_on_sigterm(tmp_path: Pat
     with open(log, "w") as out:
         proc = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)))
         try:
+            # Wait for an answered request: the reactor runs, so its SIGTERM handler is in place.
             deadline = time.monotonic() + 30
-            while "reservation mode, backend file" not in log.read_text():
+            while True:
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthcheck", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.1)
             proc.send_signal(signal.SIGTERM)
             # twistd re-raises SIGTERM after a clean shutdown (the status a
             # service manager expects); "Server Shut Down." shows it was clean.

@@ -23,7 +23,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from smee import netif
-from smee.listen import BindError, bind_hint
+from smee.listen import BindError, ListeningService, bind_hint
 from smee.tftp.protocol import LARGEST_BLKSIZE, TFTPConfig, TFTPServerProtocol
 
 __all__ = ["TFTPService", "TFTPBindError", "makeService", "max_blksize", "interface_for"]
@@ -97,7 +97,7 @@ def _bind_error(address: tuple[str, int], e: OSError) -> TFTPBindError:
     )
 
 
-class TFTPService(Service):
+class TFTPService(ListeningService):
     """Serve TFTP on ``address``; ``protocol`` and ``port`` are set while running."""
 
     def __init__(
@@ -122,16 +122,6 @@ class TFTPService(Service):
         self.blksize_note = blksize_note
         self.port: Any = None
         self.protocol: TFTPServerProtocol | None = None
-
-    def privilegedStartService(self) -> None:
-        Service.privilegedStartService(self)
-        if self.port is None:
-            self._listen()
-
-    def startService(self) -> None:
-        Service.startService(self)
-        if self.port is None:  # started without privilegedStartService (``twist``, tests)
-            self._listen()
 
     def stopService(self) -> defer.Deferred[Any]:
         Service.stopService(self)

@@ -1,0 +1,618 @@
+# -*- test-case-name: tests.test_http_app -*-
+"""The HTTP side of netbooting: iPXE scripts, iPXE binaries, health and metrics.
+
+One Klein app, in Klein's non-global style (``class IPXEApp: app = Klein()``,
+all state on the instance), so that tests build as many as they like and
+serve them in memory with :class:`treq.testing.StubTreq`. The routes are
+Smee-HEAD's (smee-study.md §4.1):
+
+``GET /auto.ipxe``, ``GET /<mac>/auto.ipxe`` (``--http-ipxe-script-enabled``)
+    The machine's iPXE script, written by the installers registry. The
+    machine is found by the MAC in the path (the last-but-one element, any
+    MAC notation) or, when that element is absent or not a MAC, by the
+    address that asked (through :mod:`smee.http.xff` with
+    ``--trusted-proxies``). Any path whose last element is ``auto.ipxe`` is
+    served, as Smee does; any other unknown path is 404.
+
+``GET /vmware/ks-esxi.cfg``, ``/flatcar/ignition.json``, ``/coreos/ignition.json``
+    Installer assets (whatever paths the registry holds), for the machine
+    at the asking address.
+
+``GET``/``HEAD /ipxe/<name>``, ``/ipxe/<mac>/<name>`` (``--http-ipxe-binary-enabled``)
+    The iPXE binaries for UEFI HTTP Boot, from memory, with single byte
+    ranges; and ``autoexec.ipxe``, generated as the TFTP server does.
+
+``GET /healthcheck``, ``GET /metrics``
+    Always, whatever the two flags say.
+
+Every answer is deliberate: an unknown machine gets a short iPXE-readable
+404, a backend that cannot answer a 503, a script that cannot be written
+a 500, and an unexpected exception a plain 500 whose details go to the log,
+never to the client. The whole request is logged as one line when it ends
+(:class:`AccessLog`), with the reason for any refusal in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Final
+
+from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as LookupTimeout
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from installers.registry import Context
+from smee import __version__
+from smee.backends import LookupFailed
+from smee.hardware import HardwareError, Match, normalize_mac
+from smee.http.xff import client_ip
+from smee.tftp import files
+
+__all__ = [
+    "DEFAULT_LOOKUP_TIMEOUT",
+    "UNSATISFIABLE",
+    "AccessLog",
+    "HTTPConfig",
+    "IPXEApp",
+    "byte_range",
+]
+
+log = Logger(namespace="smee.http")
+
+#: Seconds a backend lookup may take before the request gets a 503: the
+#: same bound as the DHCP and TFTP lookups, well inside iPXE's own timeout.
+DEFAULT_LOOKUP_TIMEOUT = 3.0
+
+#: The script file name, as Smee matches it (the path's last element).
+SCRIPT_NAME = "auto.ipxe"
+
+_TEXT = b"text/plain; charset=utf-8"
+_BINARY = b"application/octet-stream"
+_ALLOW = b"GET, HEAD"
+#: Routes whose successful answers are logged at debug: scraped every few seconds.
+_QUIET = frozenset({b"/metrics", b"/healthcheck"})
+#: Response headers a failed handler may have set for a body it never sent.
+_BODY_HEADERS = (b"content-length", b"content-range", b"content-type", b"etag", b"accept-ranges", b"allow")
+#: How much of a request URI goes into the access log.
+_MAX_LOGGED_URI = 512
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """The settings the HTTP routes read, resolved once at start-up."""
+
+    #: serve /ipxe/... (--http-ipxe-binary-enabled)
+    binaries_enabled: bool = True
+    #: serve .../auto.ipxe and the installer assets (--http-ipxe-script-enabled)
+    scripts_enabled: bool = True
+    #: --dhcp-mode: reservation looks autoexec.ipxe clients up; auto-proxy may serve a static script
+    mode: str = "reservation"
+    #: --trusted-proxies: peers whose X-Forwarded-For names the client
+    trusted_proxies: tuple[IPv4Network, ...] = ()
+    lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT
+    #: the DHCP settings autoexec.ipxe is generated from (script URL, mode)
+    dhcp: Any = None
+    #: installers.registry.ScriptSettings, checked once at start-up
+    script: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Any, dhcp: Any, script: Any) -> HTTPConfig:
+        return cls(
+            binaries_enabled=bool(settings.http_ipxe_binary_enabled),
+            scripts_enabled=bool(settings.http_ipxe_script_enabled),
+            mode=settings.dhcp_mode,
+            trusted_proxies=tuple(settings.trusted_proxies),
+            dhcp=dhcp,
+            script=script,
+        )
+
+
+# --- byte ranges (RFC 9110 §14) -----------------------------------------------
+
+
+class _Unsatisfiable:
+    def __repr__(self) -> str:
+        return "UNSATISFIABLE"
+
+
+#: :func:`byte_range`'s answer for a range that starts past the end (→ 416).
+UNSATISFIABLE: Final = _Unsatisfiable()
+
+
+def _digits(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | _Unsatisfiable | None:
+    """The part of a ``size``-byte body a ``Range`` header asks for.
+
+    Returns ``(first, last)`` (inclusive, → 206), None to send the whole
+    body (→ 200), or :data:`UNSATISFIABLE` (→ 416). Only one range is
+    served: several (``bytes=0-1,5-6``) get the whole body, which RFC 9110
+    allows and which every client handles, whereas multipart/byteranges is
+    code nobody netbooting needs. A header that is not a valid
+    ``bytes=`` range is ignored, as the RFC requires.
+    """
+    if header is None:
+        return None
+    unit, sep, spec = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    ranges = [part.strip() for part in spec.split(",") if part.strip()]
+    if len(ranges) != 1:
+        return None
+    first_text, dash, last_text = ranges[0].partition("-")
+    if not dash:
+        return None
+    first_text, last_text = first_text.strip(), last_text.strip()
+    if not first_text:  # bytes=-N: the last N bytes
+        suffix = _digits(last_text)
+        if suffix is None:
+            return None
+        if suffix == 0 or size == 0:
+            return UNSATISFIABLE
+        return max(0, size - suffix), size - 1
+    first = _digits(first_text)
+    if first is None:
+        return None
+    if not last_text:  # bytes=N-: from N to the end
+        return UNSATISFIABLE if first >= size else (first, size - 1)
+    last = _digits(last_text)
+    if last is None or last < first:
+        return None
+    if first >= size:
+        return UNSATISFIABLE
+    return first, min(last, size - 1)
+
+
+@dataclass(frozen=True)
+class _Blob:
+    """A body served with ranges, its validator computed once."""
+
+    data: bytes
+    content_type: bytes = _BINARY
+    etag: bytes | None = None
+
+    @classmethod
+    def of(cls, data: bytes, content_type: bytes = _BINARY) -> _Blob:
+        return cls(data, content_type, b'"' + hashlib.sha256(data).hexdigest()[:32].encode() + b'"')
+
+
+# --- the access log -------------------------------------------------------------
+
+#: The request attribute the app leaves its notes on for the access log line.
+_NOTE = "_smee_access"
+
+
+def _note(request: Any, reason: str, level: LogLevel | None = None, **fields: Any) -> None:
+    """Say why a request got the answer it got; the access line carries it."""
+    setattr(request, _NOTE, {"reason": reason, "level": level, **fields})
+
+
+class AccessLog(Resource):
+    """Wrap a resource and log every request through it as one line, when it ends.
+
+    The line names the client (after X-Forwarded-For), the method, the
+    path, the status, the body bytes sent and the time taken by the
+    injected clock, and the app's reason for a refusal. Successful
+    ``/metrics`` and ``/healthcheck`` requests are logged at debug, 5xx
+    answers at warn, everything else at info. Twisted's own combined log
+    is turned off by :class:`smee.http.service.Site`, so there is one
+    line per request, not two.
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped: Resource, clock: Any, client_of: Callable[[Any], str]) -> None:
+        super().__init__()
+        self._wrapped = wrapped
+        self._clock = clock
+        self._client_of = client_of
+
+    def render(self, request: Any) -> Any:
+        started = self._clock.seconds()
+        request.notifyFinish().addBoth(self._done, request, started)
+        return self._wrapped.render(request)
+
+    def _done(self, result: Any, request: Any, started: float) -> None:
+        try:
+            self._log(request, started, aborted=isinstance(result, Failure))
+        except Exception:
+            log.failure("cannot write the access log line")
+
+    def _log(self, request: Any, started: float, *, aborted: bool) -> None:
+        note: Mapping[str, Any] = getattr(request, _NOTE, None) or {}
+        code = int(request.code)
+        path = request.path
+        if note.get("level") is not None:
+            level = note["level"]
+        elif code >= 500:
+            level = LogLevel.warn
+        elif code < 400 and path in _QUIET:
+            level = LogLevel.debug
+        else:
+            level = LogLevel.info
+        peer = _peer(request)
+        client = self._client_of(request)
+        uri = request.uri[:_MAX_LOGGED_URI].decode("ascii", "backslashreplace")
+        fields: dict[str, Any] = {
+            "client": client,
+            "via": "" if client == peer else f" (via {peer})",
+            "peer": peer,
+            "method": request.method.decode("ascii", "backslashreplace"),
+            "uri": uri,
+            # the client went away: before any answer, or part-way through one
+            "status": (f"{code} aborted" if request.startedWriting else "aborted") if aborted else str(code),
+            "code": code,
+            "aborted": aborted,
+            "size": request.sentLength,
+            "duration_ms": round((self._clock.seconds() - started) * 1000, 1),
+            "why": f": {note['reason']}" if note.get("reason") else "",
+            "reason": note.get("reason", ""),
+            "user_agent": (request.getHeader(b"user-agent") or b"").decode("ascii", "backslashreplace")[:200],
+        }
+        for key, value in note.items():  # mac, hardware, outcome, ...
+            if key not in ("reason", "level"):
+                fields.setdefault(key, value)
+        log.emit(level, "{client}{via} {method} {uri} {status} {size} bytes {duration_ms} ms{why}", **fields)
+
+
+def _peer(request: Any) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
+
+
+# --- the app --------------------------------------------------------------------
+
+
+def _ipxe_message(message: str) -> bytes:
+    """A body iPXE can read, for a refusal: the status makes iPXE fail the
+    chain; the ``echo`` is for whoever reads it on the console or with curl.
+    ``message`` is built from checked values only (normalised MACs, parsed
+    addresses), never from the raw request.
+    """
+    return f"#!ipxe\necho smee: {message}\nexit 1\n".encode("ascii", "replace")
+
+
+class _Refused(Exception):
+    """Internal: end a request with ``code`` and ``body`` (reason for the log)."""
+
+    def __init__(self, code: int, body: bytes, reason: str, level: LogLevel | None = None, **fields: Any) -> None:
+        super().__init__(reason)
+        self.code, self.body, self.reason, self.level, self.fields = code, body, reason, level, fields
+
+
+class IPXEApp:
+    """The routes, bound to one backend, one set of binaries and one installers registry.
+
+    :param config: what the settings say (:class:`HTTPConfig`)
+    :param backend: the hardware backend (``by_mac``/``by_ip``/``state``)
+    :param binaries: :class:`smee.tftp.files.Binaries`, loaded once
+    :param installers: the installers ``Registry`` (``render(ctx)``, ``asset(path)``)
+    :param clock: IReactorTime: lookup timeouts, uptime, request durations
+    :param metrics: the registry /metrics exposes (the counters are added by the components)
+    :param static_script: auto-proxy mode's script for machines the backend
+        does not know, rendered once at start-up; None → such machines get 404
+    """
+
+    app = Klein()
+    # werkzeug would answer "//auto.ipxe" with a redirect; smee answers 404 instead.
+    app.url_map.merge_slashes = False
+
+    def __init__(
+        self,
+        config: HTTPConfig,
+        backend: Any,
+        binaries: Any,
+        installers: Any,
+        clock: Any,
+        *,
+        metrics: CollectorRegistry | None = None,
+        static_script: str | None = None,
+        version: str = __version__,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.binaries = binaries
+        self.installers = installers
+        self.clock = clock
+        self.metrics = metrics if metrics is not None else CollectorRegistry(auto_describe=True)
+        self.version = version
+        self.started = clock.seconds()
+        # Only auto-proxy serves machines it does not know (as its DHCP does).
+        self._static = static_script.encode("utf-8") if static_script and config.mode == "auto-proxy" else None
+        # Everything that does not depend on the request, built once.
+        self._blobs: dict[str, _Blob] = {name: _Blob.of(binaries.get(name)) for name in sorted(binaries.available())}
+        self._available = sorted(binaries.available())
+        self._autoexec: _Blob | None = None
+        self._autoexec_error = ""
+        if config.mode != "reservation" and config.dhcp is not None:
+            # Proxy modes do not look the client up, so the script is the same for everyone.
+            try:
+                self._autoexec = _Blob.of(files.autoexec_for(config.dhcp, None), _TEXT)
+            except ValueError as e:
+                self._autoexec_error = str(e)
+                log.warn("autoexec.ipxe will not be served over HTTP: {error}", error=str(e))
+
+    def resource(self) -> Resource:
+        """The root resource for a twisted.web Site: the routes behind the access log."""
+        return AccessLog(self.app.resource(), self.clock, self.client)
+
+    def client(self, request: Any) -> str:
+        """The address of the machine that made ``request`` (X-Forwarded-For through trusted proxies)."""
+        return client_ip(
+            _peer(request),
+            [h.decode("latin-1") for h in request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])],
+            self.config.trusted_proxies,
+        )
+
+    # --- responses ---
+
+    @staticmethod
+    def _respond(request: Any, code: int, body: bytes, content_type: bytes = _TEXT) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b"" if request.method == b"HEAD" else body
+
+    def _refuse(self, request: Any, refused: _Refused) -> bytes:
+        _note(request, refused.reason, refused.level, **refused.fields)
+        return self._respond(request, refused.code, refused.body)
+
+    def _not_found(self, request: Any, reason: str = "") -> bytes:
+        if reason:
+            _note(request, reason)
+        return self._respond(request, 404, b"not found\n")
+
+    def _method_not_allowed(self, request: Any) -> bytes:
+        request.setHeader(b"allow", _ALLOW)
+        return self._respond(request, 405, b"method not allowed\n")
+
+    # --- errors ---
+
+    @app.handle_errors(HTTPException)
+    def _http_error(self, request: Any, failure: Failure) -> bytes:
+        """Routing errors (no route, wrong method) as short plain-text answers, not werkzeug's HTML."""
+        error = failure.value
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            request.setHeader(b"allow", ", ".join(sorted(error.valid_methods)).encode("ascii"))
+        code = error.code or 500
+        if code >= 500:
+            log.failure("routing error", failure, LogLevel.error)
+        return self._respond(request, code, f"{error.name}\n".lower().encode("ascii", "replace"))
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: Any, failure: Failure) -> bytes:
+        """A bug: the traceback goes to the log, the client gets a plain 500."""
+        log.failure(
+            "error answering {method} {uri}", failure, LogLevel.error,
+            method=request.method.decode("ascii", "replace"),
+            uri=request.uri[:_MAX_LOGGED_URI].decode("ascii", "backslashreplace"),
+        )
+        for name in _BODY_HEADERS:
+            request.responseHeaders.removeHeader(name)
+        _note(request, "internal error (see the traceback above)")
+        return self._respond(request, 500, b"internal server error\n")
+
+    # --- health and metrics ---
+
+    @app.route("/healthcheck", methods=["GET"])
+    def healthcheck(self, request: Any) -> bytes:
+        body = {
+            "version": self.version,
+            "uptime": round(self.clock.seconds() - self.started, 3),
+            "backend": dict(self.backend.state()),
+            "binaries": self._available,
+        }
+        text = json.dumps(body, default=str, sort_keys=True) + "\n"
+        return self._respond(request, 200, text.encode("utf-8"), b"application/json")
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_route(self, request: Any) -> bytes:
+        return self._respond(request, 200, generate_latest(self.metrics), CONTENT_TYPE_LATEST.encode("ascii"))
+
+    # --- binaries ---
+
+    @app.route("/ipxe/<path:name>")
+    async def binary(self, request: Any, name: str) -> bytes:
+        """An iPXE binary or autoexec.ipxe, to anyone who asks.
+
+        Served to any client in every mode, as Smee-HEAD does: the binaries
+        are public software and carry no machine data, and gating them
+        would only add a backend lookup to every UEFI HTTP Boot. The
+        per-machine part is the script, which is gated. ``autoexec.ipxe``
+        is gated exactly as over TFTP (reservation mode: a known client
+        allowed to netboot, looked up by its address).
+        """
+        if not self.config.binaries_enabled:
+            return self._not_found(request, "--http-ipxe-binary-enabled is false")
+        if request.method not in (b"GET", b"HEAD"):
+            return self._method_not_allowed(request)
+        resolved = files.resolve(name)
+        if resolved is None:
+            return self._not_found(request, "no such file")
+        filename, _mac = resolved
+        if filename == files.AUTOEXEC:
+            try:
+                blob = await self._autoexec_for(request)
+            except _Refused as refused:
+                return self._refuse(request, refused)
+            return self._send(request, blob)
+        found = self._blobs.get(filename)
+        if found is None:
+            where = self.binaries.directory or "the iPXE directory"
+            _note(request, f"no {filename} in {where} (see --ipxe-dir)", LogLevel.warn)
+            return self._respond(request, 404, b"not found\n")
+        return self._send(request, found)
+
+    async def _autoexec_for(self, request: Any) -> _Blob:
+        if self.config.mode != "reservation":
+            if self._autoexec is None:
+                raise _Refused(404, b"not found\n", f"cannot generate {files.AUTOEXEC}: {self._autoexec_error}",
+                               LogLevel.warn)
+            return self._autoexec
+        ip = self.client(request)
+        match = await self._find("ip", ip)
+        self._gate(match, f"IP {ip}", plain=True)
+        try:
+            return _Blob.of(files.autoexec_for(self.config.dhcp, match), _TEXT)
+        except ValueError as e:
+            # As over TFTP: "not found" makes iPXE go on with its own DHCP and boot file.
+            raise _Refused(404, b"not found\n", f"cannot generate {files.AUTOEXEC}: {e}", LogLevel.warn,
+                           mac=match.interface.mac, hardware=match.hardware.id) from None
+
+    def _send(self, request: Any, blob: _Blob) -> bytes:
+        """``blob`` whole (200), one range of it (206) or 416; HEAD gets the headers only."""
+        data, size = blob.data, len(blob.data)
+        request.setHeader(b"accept-ranges", b"bytes")
+        if blob.etag is not None:
+            request.setHeader(b"etag", blob.etag)
+        wanted = None
+        # Range is defined for GET only (RFC 9110 §14.2); If-Range with anything
+        # but our current ETag means "the whole thing".
+        if request.method == b"GET":
+            header = request.getHeader(b"range")
+            if_range = request.getHeader(b"if-range")
+            if header is not None and (if_range is None or (blob.etag is not None and if_range == blob.etag)):
+                wanted = byte_range(header.decode("latin-1"), size)
+        if isinstance(wanted, _Unsatisfiable):
+            request.setHeader(b"content-range", b"bytes */%d" % size)
+            return self._respond(request, 416, b"range not satisfiable\n")
+        if wanted is None:
+            return self._respond(request, 200, data, blob.content_type)
+        first, last = wanted
+        request.setHeader(b"content-range", b"bytes %d-%d/%d" % (first, last, size))
+        return self._respond(request, 206, data[first : last + 1], blob.content_type)
+
+    # --- scripts ---
+
+    @app.route("/", methods=["GET"])
+    def root(self, request: Any) -> bytes:
+        return self._not_found(request)
+
+    @app.route("/<path:path>", methods=["GET"])
+    async def script(self, request: Any, path: str) -> bytes:
+        """``.../auto.ipxe`` and the installer assets; every other path is 404, every other method 405."""
+        if not self.config.scripts_enabled:
+            return self._not_found(request, "--http-ipxe-script-enabled is false")
+        parts = path.split("/")
+        if parts[-1] == SCRIPT_NAME:
+            return await self._script(request, parts)
+        asset = self.installers.asset("/" + path)
+        if asset is not None:
+            return await self._asset(request, "/" + path, asset)
+        return self._not_found(request)
+
+    async def _script(self, request: Any, parts: list[str]) -> bytes:
+        mac = None
+        if len(parts) >= 2:
+            try:
+                mac = normalize_mac(parts[-2])
+            except HardwareError:
+                mac = None  # /<not a MAC>/auto.ipxe: by address, as Smee
+        try:
+            if mac is not None:
+                match = await self._find("mac", mac)
+                what = f"MAC {mac}"
+            else:
+                ip = self.client(request)
+                match = await self._find("ip", ip)
+                what = f"IP {ip}"
+            if match is None and self._static is not None:
+                _note(request, f"no hardware with {what}: static script (auto-proxy)")
+                return self._respond(request, 200, self._static)
+            self._gate(match, what)
+        except _Refused as refused:
+            return self._refuse(request, refused)
+        assert match is not None
+        hw, iface = match.hardware, match.interface
+        where = f"hardware {hw.id}" + (f" ({hw.source})" if hw.source else "")
+        try:
+            text = self.installers.render(Context(hw, iface, self.config.script))
+        except ValueError as e:  # installers.script.ScriptError: bad data in the record
+            return self._refuse(request, _Refused(
+                500, _ipxe_message(f"cannot write the boot script for {iface.mac}, see the smee log"),
+                f"cannot write the script for {iface.mac}, {where}: {e}", LogLevel.error,
+                mac=iface.mac, hardware=hw.id, source=hw.source,
+            ))
+        _note(request, f"script for {iface.mac} ({what})", mac=iface.mac, hardware=hw.id)
+        return self._respond(request, 200, text.encode("utf-8"))
+
+    async def _asset(self, request: Any, path: str, asset: Any) -> bytes:
+        ip = self.client(request)
+        try:
+            match = await self._find("ip", ip)
+            if match is None:
+                raise _Refused(404, b"not found\n", f"no hardware with IP {ip}")
+        except _Refused as refused:
+            return self._refuse(request, refused)
+        hw, iface = match.hardware, match.interface
+        try:
+            content_type, body = asset(Context(hw, iface, self.config.script))
+        except ValueError as e:
+            where = f"hardware {hw.id}" + (f" ({hw.source})" if hw.source else "")
+            return self._refuse(request, _Refused(
+                500, b"internal server error\n", f"cannot write {path} for {iface.mac}, {where}: {e}",
+                LogLevel.error, mac=iface.mac, hardware=hw.id, source=hw.source,
+            ))
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        _note(request, f"{path} for {iface.mac}", mac=iface.mac, hardware=hw.id)
+        return self._respond(request, 200, body, content_type.encode("ascii"))
+
+    # --- lookups ---
+
+    async def _find(self, by: str, key: str) -> Match | None:
+        """Look the machine up, bounded by the lookup timeout; _Refused(503) when there is no answer."""
+        if by == "ip":
+            try:
+                address = IPv4Address(key)
+            except ValueError:  # a peer that is not IPv4: nothing to look up
+                raise _Refused(404, _ipxe_message("no hardware for this client address"),
+                               f"cannot look up {key!r}: not an IPv4 address") from None
+        try:
+            if by == "mac":
+                d: Deferred[Match | None] = self.backend.by_mac(key)
+            else:
+                d = self.backend.by_ip(address)
+            if not d.called:
+                d.addTimeout(self.config.lookup_timeout, self.clock)
+            return await d
+        except CancelledError:
+            raise  # the client went away; nobody to answer
+        except LookupTimeout:
+            raise _Refused(503, _ipxe_message("hardware lookup timed out, try again"),
+                           f"backend lookup by {by} {key} timed out after {self.config.lookup_timeout}s",
+                           outcome="lookup-timeout") from None
+        except LookupFailed as e:
+            raise _Refused(503, _ipxe_message("hardware lookup failed, try again"),
+                           f"backend lookup by {by} {key} failed: {e}", outcome="lookup-failed") from None
+        except Exception:
+            raise self._lookup_error(by, key) from None
+
+    def _lookup_error(self, by: str, key: str) -> _Refused:
+        log.failure("backend lookup by {by} {key} raised", by=by, key=key, level=LogLevel.error)
+        return _Refused(503, _ipxe_message("hardware lookup failed, try again"),
+                        f"backend lookup by {by} {key} raised an error (see the traceback above)",
+                        outcome="lookup-error")
+
+    @staticmethod
+    def _gate(match: Match | None, what: str, plain: bool = False) -> None:
+        """Only known machines allowed to netboot get a script (Smee: 404 otherwise)."""
+        if match is None:
+            body = b"not found\n" if plain else _ipxe_message(f"no hardware with {what}")
+            raise _Refused(404, body, f"no hardware with {what}", outcome="unknown")
+        if not match.interface.allow_pxe:
+            mac = match.interface.mac
+            body = b"not found\n" if plain else _ipxe_message(f"netboot not allowed for {mac}")
+            raise _Refused(404, body, f"netboot not allowed for {mac} ({what})", outcome="not-allowed",
+                           mac=mac, hardware=match.hardware.id)

@@ -65,7 +65,7 @@ PACKAGES = {
     "atftp": "atftp",
     "tftp": "tftp-hpa",
     "curl": "curl",
-    "dnsmasq": "dnsmasq",
+    "dnsmasq": "dnsmasq-base",  # not "dnsmasq": that package starts a system DNS service
     "perfdhcp": "kea-admin",
 }
 
@@ -616,6 +616,27 @@ class Lab:
             return f"pid={proc.pid}," in ns.run("ss", "-Hunlp", "sport = :67", check=False).stdout
 
         _wait(bound, 5, "udhcpd to listen", proc.describe, interval=0.05)
+        return proc
+
+    def dnsmasq(self, ns: Netns, iface: str, args: Sequence[str] = (), name: str = "dnsmasq",
+                timeout: float = 10.0) -> Process:
+        """dnsmasq in the foreground as a plain DHCP server on ``iface`` of ``ns``: no DNS
+        (``--port=0``), no config, hosts, resolv, lease or pid file, logging to its output (the
+        lab's log). ``args`` add the rest, e.g. ``--dhcp-range=192.0.2.100,192.0.2.150,1h``.
+        It binds UDP 67 on all addresses of its namespace, so give it a namespace of its own
+        when smee runs too. Returns once its DHCP socket is bound."""
+        self.require("dnsmasq")
+        argv = [which("dnsmasq") or "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
+                "--no-resolv", "--no-hosts", "--pid-file=", "--leasefile-ro", "--log-facility=-",
+                "--user=root", f"--interface={iface}", "--bind-interfaces", *args]
+        proc = ns.spawn(argv, name=name, env=CLIENT_ENV)
+
+        def bound() -> bool:
+            if not proc.alive():
+                raise LabError(f"dnsmasq exited\n{proc.describe()}")
+            return f"pid={proc.pid}," in ns.run("ss", "-Hunlp", "sport = :67", check=False).stdout
+
+        _wait(bound, timeout, "dnsmasq to listen", proc.describe, interval=0.05)
         return proc
 
     # -- DHCP clients -------------------------------------------------------

@@ -35,6 +35,7 @@ from netns import (
     netns_lab_fixture,  # noqa: F401  (provides the netns_lab fixture)
     which,
 )
+from summary import publish
 from vm import (
     VM,
     dhcp_messages,
@@ -189,6 +190,7 @@ class Boot:
         events = timeline(self.bench.cap.pcap, self.vm)
         self.text = format_timeline(f"{self.title}: VM ran {self.vm.elapsed():.1f}s", events, total)
         print("\n" + self.text)
+        publish(self.title, self.text)
         return self.text
 
     def context(self) -> str:

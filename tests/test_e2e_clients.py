@@ -41,6 +41,7 @@ from netns import (
     netns_lab_fixture,  # noqa: F401  (provides the netns_lab fixture)
     which,
 )
+from summary import publish
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -423,6 +424,7 @@ def test_full_chain_with_real_clients(netns_lab: Lab) -> None:
     assert unknown.status == 404, unknown
 
     print(timings.table())
+    publish("real clients: " + timings.title, timings.table())
     text = smee.text()
     assert "Traceback" not in text, text[-6000:]
     assert smee.alive(), smee.describe()
@@ -467,4 +469,5 @@ def test_relayed_client_boots_across_a_router(netns_lab: Lab) -> None:
     assert script.status == 200, script
     assert f"worker_id={RELAYED_MAC}" in script.body.decode(), script.body
     print(timings.table())
+    publish("real clients: " + timings.title, timings.table())
     assert "Traceback" not in smee.text(), smee.text()[-6000:]

@@ -239,6 +239,11 @@ def _table() -> tuple[Setting, ...]:
         S("backend-kube-namespace", "", p_str, "Only read Hardware in this namespace (default: all).", "backend"),
         S("backend-file-enabled", "false", p_bool, "Read hardware from a file or directory (--backend-file-path).", "backend"),
         S("backend-file-path", "", p_str, "Hardware file or directory: Smee file YAML, Tinkerbell Hardware manifests or Tink JSON.", "backend"),
+        S("backend-kube-sync-timeout", "10s", p_duration, "How long lookups wait for the first Kubernetes LIST before failing.", "backend"),
+        S("backend-http-enabled", "false", p_bool, "Read hardware from an inventory service over HTTP (--backend-http-url).", "backend"),
+        S("backend-http-url", "", p_url, "Base URL of the inventory service: GET {url}/hardware?mac=... and ?ip=...", "backend"),
+        S("backend-http-timeout", "2s", p_duration, "Timeout of one inventory lookup.", "backend"),
+        S("backend-http-cache-ttl", "5s", p_duration, "How long inventory answers (found or not) are reused.", "backend"),
         S("backend-noop-enabled", "false", p_bool, "No hardware at all (auto-proxy mode only).", "backend"),
     )
 
@@ -345,7 +350,7 @@ def validate(settings: Any, origin: Mapping[str, str]) -> None:
     """Checks that involve more than one setting."""
     chosen = [
         name
-        for name in ("backend-file-enabled", "backend-noop-enabled")
+        for name in ("backend-file-enabled", "backend-http-enabled", "backend-noop-enabled")
         if getattr(settings, name.replace("-", "_"))
     ]
     kube_explicit = origin["backend-kube-enabled"] != "default" and settings.backend_kube_enabled
@@ -364,19 +369,16 @@ def validate(settings: Any, origin: Mapping[str, str]) -> None:
             raise ConfigError("backend-file-path", f"{path} does not exist", origin["backend-file-path"])
         if not os.access(path, os.R_OK):
             raise ConfigError("backend-file-path", f"{path} is not readable", origin["backend-file-path"])
-    if backend == "kube":
-        raise ConfigError(
-            "backend-kube-enabled",
-            "the Kubernetes backend is not available in this version; "
-            "use --backend-file-enabled=true --backend-file-path=FILE",
-            origin["backend-kube-enabled"],
-        )
+    if backend == "http" and not settings.backend_http_url:
+        raise ConfigError("backend-http-url", "required with --backend-http-enabled")
 
 
 def backend_name(settings: Any) -> str:
-    """Which backend the settings select: file, noop or kube (Smee's default)."""
+    """Which backend the settings select: file, http, noop or kube (Smee's default)."""
     if settings.backend_file_enabled:
         return "file"
+    if settings.backend_http_enabled:
+        return "http"
     if settings.backend_noop_enabled:
         return "noop"
     return "kube"

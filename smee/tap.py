@@ -110,6 +110,14 @@ def _makeBackend(settings: Any, reactor: Any) -> Any:
             # clear line rather than a traceback.
             raise SystemExit(f"smee: --backend-file-path: {e}") from None
         return backend
+    if kind == "http":
+        from smee.backends.http import HTTPBackend
+
+        return HTTPBackend.from_settings(settings, reactor)
+    if kind == "kube":
+        from smee.backends.kube import KubeBackend
+
+        return KubeBackend.from_settings(settings, reactor)
     from smee.backends.noop import NoopBackend
 
     return NoopBackend()

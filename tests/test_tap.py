@@ -135,9 +135,14 @@ def test_missing_hardware_file(tmp_path: Path) -> None:
         parse(["--backend-file-enabled=true"])
 
 
-def test_kube_backend_not_available_yet() -> None:
-    with pytest.raises(usage.UsageError, match=r"^--backend-kube-enabled: the Kubernetes backend"):
-        parse([])
+def test_kube_is_the_default_backend() -> None:
+    assert config.backend_name(parse([]).settings) == "kube"
+
+
+def test_http_backend_needs_a_url() -> None:
+    with pytest.raises(usage.UsageError, match=r"^--backend-http-url: required"):
+        parse(["--backend-http-enabled=true"])
+    assert config.backend_name(parse(["--backend-http-enabled=true", "--backend-http-url=http://192.0.2.5/inv"]).settings) == "http"
 
 
 def test_undetectable_public_ip(hwfile: str) -> None:

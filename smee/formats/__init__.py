@@ -68,15 +68,15 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from smee.formats.documents import HardwareFileError, _Locator, _read_json, _read_yaml
-from smee.formats.records import _parse_document, _State
+from smee.formats.records import _crd, _parse_document, _State
 from smee.formats.values import _Invalid
 from smee.hardware import Hardware
 
-__all__ = ["HardwareFileError", "ParseResult", "load_file", "parse_text"]
+__all__ = ["HardwareFileError", "ParseResult", "hardware_from_object", "load_file", "parse_text"]
 
 
 # --------------------------------------------------------------------------- API
@@ -129,6 +129,20 @@ def parse_text(text: str, path: str = "<string>") -> ParseResult:
             f"{path}:{locator.line(i, p)}: {m}" for i, p, m in state.warnings
         )
     return ParseResult(tuple(hardware), warnings)
+
+
+def hardware_from_object(obj: dict, source: str) -> Hardware:
+    """One Tinkerbell ``Hardware`` object (as the Kubernetes API returns it) as a :class:`Hardware`.
+
+    The same validation as for files; the error names ``source`` (e.g.
+    ``kube:default/machine-1``) and the field, without a line number.
+    """
+    state = _State(source)
+    try:
+        hardware = _crd(state, (), obj)
+    except _Invalid as e:
+        raise HardwareFileError(source, None, e.message) from None
+    return replace(hardware, source=source)  # an API object has no line
 
 
 @contextmanager

@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
+from ipxe_bin import ipxe_bin
 from netns import (
-    REPO,
     Lab,
     LabError,
     Netns,
@@ -101,23 +99,7 @@ CLIENT_TIMEOUT = 60.0
 
 
 def ipxe_dir() -> Path:
-    """ipxe/bin as ``make bindata`` fills it (run here, bounded, when incomplete); skip otherwise."""
-    directory = REPO / "ipxe" / "bin"
-
-    def complete() -> bool:
-        return all((directory / n).is_file() and (directory / n).stat().st_size > 0 for n in BINARIES)
-
-    if not complete():
-        argv = ["make", "-C", str(REPO), "bindata"] if shutil.which("make") else [str(REPO / "scripts" / "bindata")]
-        try:
-            run = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False,
-                                 stdin=subprocess.DEVNULL)
-            detail = (run.stdout + run.stderr).strip().splitlines()[-3:]
-        except (OSError, subprocess.TimeoutExpired) as e:
-            detail = [str(e)]
-        if not complete():
-            pytest.skip(f"no iPXE binaries in {directory} and '{' '.join(argv)}' failed: {' | '.join(detail)}")
-    return directory
+    return ipxe_bin(BINARIES)
 
 
 def sha256(data: bytes) -> str:

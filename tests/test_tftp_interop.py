@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ipxe_bin import ipxe_bin
 
 pytestmark = pytest.mark.slow
 
@@ -84,22 +85,7 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def ipxe_dir() -> Path:
-    """ipxe/bin as ``make bindata`` fills it; fetched here when missing, else the module is skipped."""
-    directory = REPO / "ipxe" / "bin"
-
-    def complete() -> bool:
-        return all((directory / name).is_file() and (directory / name).stat().st_size > 0 for name in BINARIES)
-
-    if not complete():
-        argv = ["make", "-C", str(REPO), "bindata"] if shutil.which("make") else [str(REPO / "scripts" / "bindata")]
-        try:
-            run = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-            detail = (run.stdout + run.stderr).strip().splitlines()[-3:]
-        except (OSError, subprocess.TimeoutExpired) as e:
-            detail = [str(e)]
-        if not complete():
-            pytest.skip(f"no iPXE binaries in {directory} and '{' '.join(argv)}' failed: {' | '.join(detail)}")
-    return directory
+    return ipxe_bin(BINARIES)
 
 
 @dataclass

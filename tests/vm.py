@@ -11,6 +11,10 @@ with the command lines of ../shared/reference/e2e-notes.md:
 * ``firmware="uefi"``: OVMF (read-only CODE, a private writable copy of VARS).
   ``nic="virtio-net-pci", romfile=""`` gives EDK2's own PXE client;
   ``nic="e1000"`` gives the iPXE EFI option ROM (``efi-e1000.rom``).
+* ``firmware="aarch64-uefi"``: an emulated arm64 machine, ``qemu-system-aarch64 -machine virt``
+  (``-cpu cortex-a57``, 1 GiB) with AAVMF (Debian's qemu-efi-aarch64: read-only CODE, a private
+  writable copy of VARS). Use ``nic="virtio-net-pci", romfile=""``: EDK2's own PXE client,
+  which sends DHCP option 93 = 11 (arm64 UEFI). Much slower than x86 under TCG.
 
 The serial console goes to a file; :meth:`VM.wait_serial` waits, with a
 deadline, for a regex in it (escape sequences, CR and LF removed first, since
@@ -48,10 +52,14 @@ from typing import Literal
 from netns import Lab, LabError, Netns, Process, _tail, which
 
 QEMU = "qemu-system-x86_64"
+QEMU_AARCH64 = "qemu-system-aarch64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 #: QEMU's NIC option ROMs (iPXE 2019), package ipxe-qemu.
 ROM_DIR = Path("/usr/lib/ipxe/qemu")
+#: arm64 UEFI firmware (EDK2 ArmVirtQemu), package qemu-efi-aarch64; both are 64 MiB pflash images.
+AAVMF_CODE = Path("/usr/share/AAVMF/AAVMF_CODE.fd")
+AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
 
 #: Debian package for each file the machines need (scripts/install-test-packages installs them).
 FILE_PACKAGES = {
@@ -59,9 +67,11 @@ FILE_PACKAGES = {
     OVMF_VARS: "ovmf",
     ROM_DIR / "pxe-e1000.rom": "ipxe-qemu",
     ROM_DIR / "efi-e1000.rom": "ipxe-qemu",
+    AAVMF_CODE: "qemu-efi-aarch64",
+    AAVMF_VARS: "qemu-efi-aarch64",
 }
 
-Firmware = Literal["bios", "uefi"]
+Firmware = Literal["bios", "uefi", "aarch64-uefi"]
 
 #: Held (flock) by every running VM: TCG boots on 2 cores time out when two machines run at
 #: once, also from two pytest processes.
@@ -76,12 +86,18 @@ def missing_reason(firmware: Firmware = "bios", nic: str = "e1000", romfile: str
     """Why such a machine cannot run here (not root, QEMU or a firmware file missing), or None."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, taps)"
-    if which(QEMU) is None:
-        return f"needs {QEMU} (apt-get install qemu-system-x86)"
+    qemu = qemu_binary(firmware)
+    if which(qemu) is None:
+        package = "qemu-system-arm" if firmware == "aarch64-uefi" else "qemu-system-x86"
+        return f"needs {qemu} (apt-get install {package})"
     needed: list[Path] = []
     if firmware == "uefi":
         needed += [OVMF_CODE, OVMF_VARS]
-    if romfile is None:
+    elif firmware == "aarch64-uefi":
+        needed += [AAVMF_CODE, AAVMF_VARS]
+    if romfile is None and firmware == "aarch64-uefi":
+        pass  # QEMU's default ROMs are x86 code: an arm64 machine wants romfile="" (EDK2's PXE)
+    elif romfile is None:
         prefix = "efi-" if firmware == "uefi" else "pxe-"
         if nic == "e1000":
             needed.append(ROM_DIR / f"{prefix}e1000.rom")
@@ -91,6 +107,11 @@ def missing_reason(firmware: Firmware = "bios", nic: str = "e1000", romfile: str
         if not path.exists():
             return f"needs {path} (apt-get install {FILE_PACKAGES.get(path, 'the package that ships it')})"
     return None
+
+
+def qemu_binary(firmware: Firmware) -> str:
+    """The QEMU system emulator a firmware variant runs on."""
+    return QEMU_AARCH64 if firmware == "aarch64-uefi" else QEMU
 
 
 def console_text(raw: bytes) -> str:
@@ -123,7 +144,8 @@ class QemuProcess(Process):
 @dataclass
 class VM:
     """One QEMU machine on ``tap`` in namespace ``ns``. ``start()`` launches it (the lab stops it
-    by pid at teardown); ``romfile``: None = QEMU's default ROM for the NIC, "" = none, else a path."""
+    by pid at teardown); ``romfile``: None = QEMU's default ROM for the NIC, "" = none, else a path;
+    ``memory`` (MiB): None = 512 (x86) or 1024 (aarch64-uefi)."""
 
     lab: Lab
     ns: Netns
@@ -132,7 +154,7 @@ class VM:
     firmware: Firmware = "bios"
     nic: str = "e1000"
     romfile: str | None = None
-    memory: int = 512
+    memory: int | None = None
     name: str = "vm"
     uuid: str | None = None
     extra: Sequence[str] = ()
@@ -169,9 +191,11 @@ class VM:
             os.close(fd)  # closing drops the flock
 
     def argv(self) -> list[str]:
+        if self.firmware == "aarch64-uefi":
+            return self._argv_aarch64()
         qemu = which(QEMU) or QEMU
         argv = [qemu, "-name", self.name, "-machine", "q35,accel=tcg" + (",graphics=off" if self.firmware == "bios" else ""),
-                "-m", str(self.memory), "-nodefaults", "-display", "none", "-vga", "none",
+                "-m", str(self.memory or 512), "-nodefaults", "-display", "none", "-vga", "none",
                 "-serial", f"file:{self.serial}", "-no-reboot"]
         if self.uuid:
             argv += ["-uuid", self.uuid]
@@ -186,6 +210,26 @@ class VM:
         argv += ["-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no", "-device", device]
         if self.firmware == "bios":
             argv += ["-boot", "order=n,strict=on"]
+        return argv + list(self.extra)
+
+    def _argv_aarch64(self) -> list[str]:
+        """``virt`` machine, Cortex-A57 (cheaper to emulate than ``max``), AAVMF in pflash (CODE
+        read-only, a private copy of VARS), the NIC first in the boot order, the PL011 serial
+        port (AAVMF's console) to the log file."""
+        qemu = which(QEMU_AARCH64) or QEMU_AARCH64
+        vars_copy = self.lab.path(f"{self.name}.AAVMF_VARS.fd")
+        shutil.copyfile(AAVMF_VARS, vars_copy)
+        argv = [qemu, "-name", self.name, "-machine", "virt,accel=tcg", "-cpu", "cortex-a57",
+                "-m", str(self.memory or 1024), "-nodefaults", "-display", "none",
+                "-serial", f"file:{self.serial}", "-no-reboot",
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={AAVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        if self.uuid:
+            argv += ["-uuid", self.uuid]
+        device = f"{self.nic},netdev=n0,mac={self.mac},bootindex=1"
+        if self.romfile is not None:
+            device += f",romfile={self.romfile}"
+        argv += ["-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no", "-device", device]
         return argv + list(self.extra)
 
     def start(self, lock_timeout: float = 600.0) -> VM:

@@ -547,13 +547,17 @@ class TFTPServerProtocol(DatagramProtocol):
         negotiated = getattr(session, "negotiated", None)
         blksize = getattr(negotiated, "blksize", None)
         windowsize = getattr(negotiated, "windowsize", None)
+        sent = getattr(session, "bytes_sent", 0)
+        # A transfer that did not complete says how much went out, not the file's size
+        # (UEFI's tsize probe ends after the OACK with nothing sent).
+        amount = f"{transfer.size} bytes" if outcome == "complete" else f"{min(sent, transfer.size)} of {transfer.size} bytes sent"
         log.info(
-            "{file} to {client}: {outcome} after {seconds:.3f}s, {size} bytes, "
+            "{file} to {client}: {outcome} after {seconds:.3f}s, {amount}, "
             "blksize {blksize}, windowsize {windowsize}{detail_text}",
-            file=transfer.name, client=_client(transfer.client), outcome=outcome,
+            file=transfer.name, client=_client(transfer.client), outcome=outcome, amount=amount,
             seconds=seconds, size=transfer.size, detail=detail,
             detail_text=f": {detail}" if detail else "", mac=transfer.mac,
-            bytes_sent=getattr(session, "bytes_sent", 0),
+            bytes_sent=sent,
             retransmissions=getattr(session, "retransmissions", 0),
             blksize=blksize, windowsize=windowsize,
         )

@@ -251,7 +251,7 @@ def test_tap_has_a_dhcp_child(hwfile: str) -> None:
     dhcp = top.getServiceNamed("dhcp")
     assert isinstance(dhcp, DHCPService)
     assert dhcp.address == ("0.0.0.0", 67) and dhcp.ifaces == ()
-    assert dhcp.backend is top.getServiceNamed("backend")
+    assert dhcp.backend.wrapped is top.getServiceNamed("backend")
     assert dhcp.config.mode == "reservation" and dhcp.ports == []  # nothing bound before start
 
 

@@ -199,7 +199,7 @@ def test_tap_has_an_http_child(hwfile: str, flags: list[str], present: bool) -> 
     if present:
         http = top.getServiceNamed("http")
         assert isinstance(http, HTTPService)
-        assert http.app.backend is top.getServiceNamed("backend")
+        assert http.app.backend.wrapped is top.getServiceNamed("backend")
         assert http.address == ("192.0.2.1", 8080)
 
 

@@ -29,8 +29,12 @@ from smee.dhcp import policy as _policy
 from smee.dhcp.classify import ClientInfo
 from smee.dhcp.classify import classify as _classify
 from smee.dhcp.packet import (
+    ACK,
     BOOTREQUEST,
+    DISCOVER,
     MESSAGE_TYPES,
+    OFFER,
+    REQUEST,
     DHCPParseError,
     Packet,
     PacketTooLarge,
@@ -53,6 +57,9 @@ DEFAULT_LOOKUP_TIMEOUT = 3.0
 #: logged at info; replies are logged at debug.
 QUIET_OUTCOMES = frozenset({"not-netboot"})
 
+#: User classes of an iPXE client (ours says "Tinkerbell"): its DHCP is the ipxe-* stages.
+_IPXE_USER_CLASSES = frozenset({"iPXE", "Tinkerbell"})
+
 
 def _type_name(msg_type: int | None) -> str:
     name = MESSAGE_TYPES.get(msg_type)  # type: ignore[arg-type]
@@ -74,6 +81,8 @@ class DHCPServerProtocol(DatagramProtocol):
         (with ``--dhcp-ipxe-rom-chainload``, how our own iPXE is recognised)
     :param policy: anything with ``needs_lookup``, ``decide`` and
         ``destination`` like :mod:`smee.dhcp.policy` (the default)
+    :param metrics: :class:`smee.metrics.Metrics` (``dhcp_messages_total``), or None
+    :param timeline: :class:`smee.timeline.BootTimeline`, or None
     """
 
     noisy = False
@@ -91,6 +100,8 @@ class DHCPServerProtocol(DatagramProtocol):
         chainloads: Any = None,
         classify: Callable[[Packet], ClientInfo] = _classify,
         policy: Any = _policy,
+        metrics: Any = None,
+        timeline: Any = None,
     ) -> None:
         self.backend = backend
         self.config = config
@@ -107,6 +118,23 @@ class DHCPServerProtocol(DatagramProtocol):
         self._destination = policy.destination
         #: lookups still waiting for the backend (cancelled on stop)
         self._pending: set[Deferred[Any]] = set()
+        self.metrics = metrics
+        self.timeline = timeline
+
+    def _count(self, msg_type: int | None, outcome: str) -> None:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.child(metrics.dhcp_messages, _type_name(msg_type), outcome).inc()
+
+    def _seen(self, client: ClientInfo, reply_type: int | None) -> None:
+        """The boot timeline: the request's stage, then the reply's (if any)."""
+        ipxe = client.user_class in _IPXE_USER_CLASSES
+        if client.msg_type == DISCOVER or (ipxe and client.msg_type == REQUEST):
+            self.timeline.seen(client.mac, "ipxe-dhcp" if ipxe else "dhcp-discover")
+        if reply_type == ACK:
+            self.timeline.seen(client.mac, "ipxe-ack" if ipxe else "dhcp-ack")
+        elif reply_type == OFFER and not ipxe:
+            self.timeline.seen(client.mac, "dhcp-offer")
 
     # --- Twisted entry points ----------------------------------------------
 
@@ -125,12 +153,14 @@ class DHCPServerProtocol(DatagramProtocol):
                     "{iface}: dropped malformed DHCP datagram from {src[0]}:{src[1]}: {error}",
                     iface=self.iface, src=addr, error=str(e), outcome="malformed",
                 )
+                self._count(None, "malformed")
                 return
             if request.op != BOOTREQUEST:
                 log.debug(
                     "{iface}: ignored BOOTREPLY from {src[0]}:{src[1]} (xid {xid:#010x})",
                     iface=self.iface, src=addr, xid=request.xid, outcome="not-request",
                 )
+                self._count(request.msg_type, "not-request")
                 return
             client = self._classify(request)
             if request.hlen != 6 or not self._needs_lookup(client, self.config):
@@ -174,6 +204,13 @@ class DHCPServerProtocol(DatagramProtocol):
             iface=self.iface, mac=client.mac, xid=request.xid,
             msg_type=_type_name(client.msg_type), src=addr,
         )
+        outcome = (
+            "lookup-timeout" if failure.check(LookupTimeout)
+            else "lookup-cancelled" if failure.check(CancelledError)
+            else "lookup-failed" if failure.check(LookupFailed)
+            else "lookup-error"
+        )
+        self._count(client.msg_type, outcome)
         if failure.check(LookupTimeout):
             log.warn(
                 "{iface}: no reply to {msg_type} from {mac}: backend lookup timed out after {timeout}s",
@@ -208,6 +245,10 @@ class DHCPServerProtocol(DatagramProtocol):
             decision = self._decide(request, client, match, self.config, served)
             reply = decision.reply
             if reply is None:
+                self._count(client.msg_type, decision.outcome)
+                if self.timeline is not None and match is not None:
+                    # Known machines only: not every laptop on a proxy-mode segment.
+                    self._seen(client, None)
                 (log.debug if decision.outcome in QUIET_OUTCOMES else log.info)(
                     "{iface}: {reason} (xid {xid:#010x})",
                     iface=self.iface, mac=client.mac, xid=request.xid,
@@ -225,6 +266,7 @@ class DHCPServerProtocol(DatagramProtocol):
                     msg_type=_type_name(client.msg_type), outcome="too-large",
                     max_size=request.max_size(), error=str(e), src=addr,
                 )
+                self._count(client.msg_type, "too-large")
                 return
             host, port = self._destination(request, reply)
             if port == 67:
@@ -233,8 +275,12 @@ class DHCPServerProtocol(DatagramProtocol):
                 port = self.client_port
             transport = self.transport
             if transport is None:  # stopped while the lookup was pending
+                self._count(client.msg_type, "stopped")
                 return
             transport.write(data, (host, port))
+            self._count(client.msg_type, decision.outcome)
+            if self.timeline is not None:
+                self._seen(client, reply.msg_type)
             (log.info if decision.outcome == "nak" else log.debug)(
                 "{iface}: {reply_type} to {mac} via {dst[0]}:{dst[1]} (xid {xid:#010x}): {reason}",
                 iface=self.iface, mac=client.mac, xid=request.xid,
@@ -243,6 +289,7 @@ class DHCPServerProtocol(DatagramProtocol):
                 size=len(data),
             )
         except Exception:
+            self._count(client.msg_type, "error")
             log.failure(
                 "{iface}: error answering {msg_type} from {mac}",
                 iface=self.iface, mac=client.mac, xid=request.xid,

@@ -106,9 +106,13 @@ class DHCPService(Service):
         client_port: int = 68,
         protocol_factory: Callable[..., DHCPServerProtocol] = DHCPServerProtocol,
         chainloads: Any = None,
+        metrics: Any = None,
+        timeline: Any = None,
     ) -> None:
         self.backend = backend
         self.chainloads = chainloads
+        self.metrics = metrics
+        self.timeline = timeline
         self.config = config
         self.reactor = reactor
         self.address = (str(address[0]), int(address[1]))
@@ -148,7 +152,7 @@ class DHCPService(Service):
                         self.backend, self.config, self.reactor, iface,
                         lookup_timeout=self.lookup_timeout,
                         server_port=self.server_port, client_port=self.client_port,
-                        chainloads=self.chainloads,
+                        chainloads=self.chainloads, metrics=self.metrics, timeline=self.timeline,
                     )
                     port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol)
                 finally:
@@ -175,5 +179,5 @@ def makeService(settings: Any, runtime: Any, reactor: Any) -> DHCPService:
     host, port = settings.dhcp_addr
     return DHCPService(
         runtime.backend, runtime.dhcp, reactor, (str(host), port), settings.dhcp_iface,
-        chainloads=runtime.chainloads,
+        chainloads=runtime.chainloads, metrics=runtime.metrics, timeline=runtime.timeline,
     )

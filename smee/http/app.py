@@ -25,6 +25,11 @@ Smee-HEAD's (smee-study.md §4.1):
 ``GET /healthcheck``, ``GET /metrics``
     Always, whatever the two flags say.
 
+``GET /machines``, ``GET /machines/<mac>`` (any MAC notation)
+    The boot timeline (:mod:`smee.timeline`) as JSON: every machine seen,
+    most recent first, or one machine's current boot (404 if unknown).
+    Always, like /metrics.
+
 Every answer is deliberate: an unknown machine gets a short iPXE-readable
 404, a backend that cannot answer a 503, a script that cannot be written
 a 500, and an unexpected exception a plain 500 whose details go to the log,
@@ -55,6 +60,7 @@ from smee import __version__
 from smee.backends import LookupFailed
 from smee.hardware import HardwareError, Match, normalize_mac
 from smee.http.xff import client_ip
+from smee.metrics import Metrics
 from smee.tftp import files
 
 __all__ = [
@@ -80,6 +86,27 @@ _BINARY = b"application/octet-stream"
 _ALLOW = b"GET, HEAD"
 #: Routes whose successful answers are logged at debug: scraped every few seconds.
 _QUIET = frozenset({b"/metrics", b"/healthcheck"})
+#: The request attribute a handler sets to name its route for http_requests_total.
+_ROUTE = "_smee_route"
+_FIXED_ROUTES = {b"/metrics": "metrics", b"/healthcheck": "healthcheck", b"/machines": "machines"}
+
+
+def route_of(request: Any) -> str:
+    """The ``route`` label of a request: one of :data:`smee.metrics.HTTP_ROUTES`, never the raw path."""
+    named = getattr(request, _ROUTE, None)
+    if named is not None:
+        return named
+    path = request.path
+    fixed = _FIXED_ROUTES.get(path)
+    if fixed is not None:
+        return fixed
+    if path.startswith(b"/ipxe/"):
+        return "ipxe"
+    if path.endswith(b"/auto.ipxe"):
+        return "auto.ipxe"
+    if path.startswith(b"/machines/"):
+        return "machines"
+    return "other"
 #: Response headers a failed handler may have set for a body it never sent.
 _BODY_HEADERS = (b"content-length", b"content-range", b"content-type", b"etag", b"accept-ranges", b"allow")
 #: How much of a request URI goes into the access log.
@@ -212,8 +239,10 @@ class AccessLog(Resource):
 
     isLeaf = True
 
-    def __init__(self, wrapped: Resource, clock: Any, client_of: Callable[[Any], str]) -> None:
+    def __init__(self, wrapped: Resource, clock: Any, client_of: Callable[[Any], str],
+                 metrics: Metrics | None = None) -> None:
         super().__init__()
+        self._metrics = metrics
         self._wrapped = wrapped
         self._clock = clock
         self._client_of = client_of
@@ -232,6 +261,9 @@ class AccessLog(Resource):
     def _log(self, request: Any, started: float, *, aborted: bool) -> None:
         note: Mapping[str, Any] = getattr(request, _NOTE, None) or {}
         code = int(request.code)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.child(metrics.http_requests, route_of(request), str(code)).inc()
         path = request.path
         if note.get("level") is not None:
             level = note["level"]
@@ -299,7 +331,10 @@ class IPXEApp:
     :param binaries: :class:`smee.tftp.files.Binaries`, loaded once
     :param installers: the installers ``Registry`` (``render(ctx)``, ``asset(path)``)
     :param clock: IReactorTime: lookup timeouts, uptime, request durations
-    :param metrics: the registry /metrics exposes (the counters are added by the components)
+    :param metrics: the :class:`smee.metrics.Metrics` /metrics exposes (a bare
+        CollectorRegistry is wrapped in one); default: a fresh one
+    :param timeline: the :class:`smee.timeline.BootTimeline` /machines shows and
+        served scripts are recorded in; default: the backend's ``timeline``, else none
     :param static_script: auto-proxy mode's script for machines the backend
         does not know, rendered once at start-up; None → such machines get 404
     """
@@ -316,7 +351,8 @@ class IPXEApp:
         installers: Any,
         clock: Any,
         *,
-        metrics: CollectorRegistry | None = None,
+        metrics: Metrics | CollectorRegistry | None = None,
+        timeline: Any = None,
         static_script: str | None = None,
         version: str = __version__,
     ) -> None:
@@ -325,7 +361,8 @@ class IPXEApp:
         self.binaries = binaries
         self.installers = installers
         self.clock = clock
-        self.metrics = metrics if metrics is not None else CollectorRegistry(auto_describe=True)
+        self.metrics = metrics if isinstance(metrics, Metrics) else Metrics(metrics)
+        self.timeline = timeline
         self.version = version
         self.started = clock.seconds()
         # Only auto-proxy serves machines it does not know (as its DHCP does).
@@ -345,7 +382,7 @@ class IPXEApp:
 
     def resource(self) -> Resource:
         """The root resource for a twisted.web Site: the routes behind the access log."""
-        return AccessLog(self.app.resource(), self.clock, self.client)
+        return AccessLog(self.app.resource(), self.clock, self.client, self.metrics)
 
     def client(self, request: Any) -> str:
         """The address of the machine that made ``request`` (X-Forwarded-For through trusted proxies)."""
@@ -418,7 +455,36 @@ class IPXEApp:
 
     @app.route("/metrics", methods=["GET"])
     def metrics_route(self, request: Any) -> bytes:
-        return self._respond(request, 200, generate_latest(self.metrics), CONTENT_TYPE_LATEST.encode("ascii"))
+        return self._respond(
+            request, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode("ascii"))
+
+    # --- boot timeline ---
+
+    @staticmethod
+    def _json(request: Any, body: Any, code: int = 200) -> bytes:
+        text = json.dumps(body, default=str, sort_keys=True) + "\n"
+        return IPXEApp._respond(request, code, text.encode("utf-8"), b"application/json")
+
+    @app.route("/machines", methods=["GET"])
+    def machines(self, request: Any) -> bytes:
+        """Every machine in the boot timeline, most recently seen first."""
+        setattr(request, _ROUTE, "machines")
+        return self._json(request, {"machines": self.timeline.machines() if self.timeline is not None else []})
+
+    @app.route("/machines/<mac>", methods=["GET"])
+    async def machine(self, request: Any, mac: str) -> bytes:
+        """One machine's current boot, by MAC in any notation; 404 if unknown."""
+        if mac == SCRIPT_NAME:  # /machines/auto.ipxe is a script path, as before this route
+            return await self.script(request, f"machines/{mac}")
+        setattr(request, _ROUTE, "machines")
+        try:
+            normalized = normalize_mac(mac)
+        except HardwareError:
+            return self._not_found(request, "not a MAC address")
+        found = self.timeline.machine(normalized) if self.timeline is not None else None
+        if found is None:
+            return self._not_found(request, f"{normalized} not seen")
+        return self._json(request, found)
 
     # --- binaries ---
 
@@ -545,9 +611,12 @@ class IPXEApp:
                 mac=iface.mac, hardware=hw.id, source=hw.source,
             ))
         _note(request, f"script for {iface.mac} ({what})", mac=iface.mac, hardware=hw.id)
+        if self.timeline is not None:
+            self.timeline.seen(iface.mac, "script", hardware=hw.id)
         return self._respond(request, 200, text.encode("utf-8"))
 
     async def _asset(self, request: Any, path: str, asset: Any) -> bytes:
+        setattr(request, _ROUTE, "asset")
         ip = self.client(request)
         try:
             match = await self._find("ip", ip)

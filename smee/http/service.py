@@ -121,6 +121,6 @@ def makeService(settings: Any, runtime: Any, reactor: Any) -> HTTPService:
     config = HTTPConfig.from_settings(settings, runtime.dhcp, script)
     app = IPXEApp(
         config, runtime.backend, runtime.binaries, runtime.installers, reactor,
-        metrics=runtime.metrics, static_script=static,
+        metrics=runtime.metrics, timeline=runtime.timeline, static_script=static,
     )
     return HTTPService(app, reactor, (str(settings.http_addr), settings.http_port))

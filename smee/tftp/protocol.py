@@ -88,6 +88,9 @@ LARGEST_BLKSIZE = 65464
 
 _MODES = ("octet", "netascii")
 
+#: The ``file`` label of requests for names smee does not serve.
+_OTHER = "other"
+
 
 @dataclass(frozen=True)
 class TFTPConfig:
@@ -219,6 +222,9 @@ class TFTPServerProtocol(DatagramProtocol):
     :param resolve: requested file name → (name, mac) or None (default :func:`smee.tftp.files.resolve`)
     :param autoexec: (DHCPConfig, Match|None) → autoexec.ipxe bytes
     :param session_factory: builds a transfer's state machine (default :class:`~smee.tftp.session.ReadSession`)
+    :param metrics: :class:`smee.metrics.Metrics` (``tftp_*``); default: the backend's ``metrics``
+        (:class:`smee.metrics.InstrumentedBackend`), else none
+    :param timeline: :class:`smee.timeline.BootTimeline`; default: the backend's ``timeline``, else none
     """
 
     noisy = False
@@ -235,8 +241,12 @@ class TFTPServerProtocol(DatagramProtocol):
         autoexec: Callable[[Any, Any], bytes] = _files.autoexec_for,
         session_factory: Callable[..., Any] = ReadSession,
         chainloads: Any = None,
+        metrics: Any = None,
+        timeline: Any = None,
     ) -> None:
         self.binaries = binaries
+        self.metrics = metrics
+        self.timeline = timeline
         #: :class:`smee.chainload.Chainloads`: MACs we complete a binary transfer to
         self.chainloads = chainloads
         self.backend = backend
@@ -257,6 +267,14 @@ class TFTPServerProtocol(DatagramProtocol):
     def in_progress(self) -> int:
         """Transfers in progress, including requests waiting for the backend."""
         return len(self._transfers)
+
+    # --- metrics ---------------------------------------------------------------
+
+    def _account(self, file: str, outcome: str) -> None:
+        """One request ended: tftp_transfers_total{file,outcome}."""
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.child(metrics.tftp_transfers, file, outcome).inc()
 
     # --- Twisted entry points ----------------------------------------------
 
@@ -332,11 +350,14 @@ class TFTPServerProtocol(DatagramProtocol):
         if mode not in _MODES:
             self._refuse(client, ERR_UNDEFINED, f"unsupported mode {request.mode!r}", LogLevel.info,
                          f"unsupported mode {request.mode!r}", file=requested, outcome="bad-mode")
+            # Never the raw name as a label: metrics would grow with every typo.
+            self._account(_OTHER, "bad-mode")
             return
         resolved = self._resolve(requested)
         if resolved is None:
             self._refuse(client, ERR_NOT_FOUND, f"file [{requested}] not found", LogLevel.info,
                          "no such file", file=requested, outcome="not-found")
+            self._account(_OTHER, "not-found")
             return
         name, mac = resolved
         old = self._by_client.get(client) if self.config.single_port else None
@@ -348,9 +369,12 @@ class TFTPServerProtocol(DatagramProtocol):
             self._refuse(client, ERR_UNDEFINED, "server busy, try again later", LogLevel.warn,
                          f"{len(self._transfers)} transfers in progress (--tftp-max-sessions)",
                          file=name, outcome="busy")
+            self._account(name, "busy")
             return
         transfer = _Transfer(client, request, name, mac, self.reactor.seconds())
         self._transfers.add(transfer)
+        if self.metrics is not None:
+            self.metrics.tftp_sessions_in_progress.inc()
         if self.config.single_port:
             self._by_client[client] = transfer
         log.debug(
@@ -377,7 +401,10 @@ class TFTPServerProtocol(DatagramProtocol):
     def _forget(self, transfer: _Transfer) -> None:
         transfer.finished = True
         transfer.lookup = None
-        self._transfers.discard(transfer)
+        if transfer in self._transfers:
+            self._transfers.discard(transfer)
+            if self.metrics is not None:
+                self.metrics.tftp_sessions_in_progress.dec()
         if self._by_client.get(transfer.client) is transfer:
             del self._by_client[transfer.client]
 
@@ -392,6 +419,12 @@ class TFTPServerProtocol(DatagramProtocol):
         if transfer.finished:
             return  # cancelled by a stop or a replacing request: already accounted for
         self._forget(transfer)
+        if not failure.check(CancelledError):
+            self._account(
+                transfer.name,
+                "lookup-timeout" if failure.check(LookupTimeout)
+                else "lookup-failed" if failure.check(LookupFailed) else "lookup-error",
+            )
         fields = {"file": transfer.name, "client": _client(transfer.client), "error_code": ERR_UNDEFINED}
         if failure.check(LookupTimeout):
             log.warn(
@@ -428,6 +461,7 @@ class TFTPServerProtocol(DatagramProtocol):
                 self._refuse(transfer.client, ERR_ACCESS, f"access violation: unknown client {ip}",
                              LogLevel.info, f"no hardware record has IP {ip}",
                              file=transfer.name, outcome="unknown-client")
+                self._account(transfer.name, "unknown-client")
                 return
             mac = match.interface.mac
             if not match.interface.allow_pxe:
@@ -436,6 +470,7 @@ class TFTPServerProtocol(DatagramProtocol):
                              LogLevel.info, f"netboot not allowed for {mac}",
                              file=transfer.name, mac=mac, hardware=match.hardware.id,
                              outcome="netboot-not-allowed")
+                self._account(transfer.name, "netboot-not-allowed")
                 return
             self._serve(match, transfer)
         except Exception:
@@ -464,6 +499,7 @@ class TFTPServerProtocol(DatagramProtocol):
                              LogLevel.warn, f"cannot generate {AUTOEXEC}: {e}",
                              file=transfer.name, mac=getattr(getattr(match, "interface", None), "mac", None),
                              outcome="bad-script-url")
+                self._account(transfer.name, "bad-script-url")
                 return None
         data = self.binaries.get(transfer.name)
         if data is None:
@@ -473,6 +509,7 @@ class TFTPServerProtocol(DatagramProtocol):
                          f"file [{transfer.name}] not found: no {transfer.name} in {where}",
                          LogLevel.warn, f"no {transfer.name} in {where} (see --ipxe-dir)",
                          file=transfer.name, outcome="binary-missing")
+            self._account(transfer.name, "binary-missing")
             return None
         return data
 
@@ -506,6 +543,7 @@ class TFTPServerProtocol(DatagramProtocol):
                     self._refuse(transfer.client, ERR_UNDEFINED, "server error: no transfer port",
                                  LogLevel.error, f"cannot open a transfer port on {self.listen_host}: {e}",
                                  file=transfer.name, outcome="no-port")
+                    self._account(transfer.name, "no-port")
                     return
                 transfer.protocol = protocol
                 send = protocol.send
@@ -515,6 +553,8 @@ class TFTPServerProtocol(DatagramProtocol):
             transfer.session = session
             if transfer.protocol is not None:
                 transfer.protocol.session = session
+            if self.timeline is not None and transfer.mac is not None and transfer.name != AUTOEXEC:
+                self.timeline.seen(transfer.mac, "tftp-start", file=transfer.name)
             session.start()
         except Exception:
             self._internalError(transfer)
@@ -530,6 +570,11 @@ class TFTPServerProtocol(DatagramProtocol):
         ):
             # The machine now runs our iPXE: its next "iPXE" DHCP is not a ROM.
             self.chainloads.served(transfer.mac)
+        if (
+            outcome == "complete" and self.timeline is not None
+            and transfer.mac is not None and transfer.name != AUTOEXEC
+        ):
+            self.timeline.seen(transfer.mac, "tftp-end", file=transfer.name)
         self._logEnd(transfer, outcome, detail)
 
     def _close(self, transfer: _Transfer) -> None:
@@ -551,6 +596,12 @@ class TFTPServerProtocol(DatagramProtocol):
         # A transfer that did not complete says how much went out, not the file's size
         # (UEFI's tsize probe ends after the OACK with nothing sent).
         amount = f"{transfer.size} bytes" if outcome == "complete" else f"{min(sent, transfer.size)} of {transfer.size} bytes sent"
+        metrics = self.metrics
+        if metrics is not None:
+            name = transfer.name
+            metrics.child(metrics.tftp_transfers, name, outcome).inc()
+            metrics.child(metrics.tftp_bytes, name).inc(transfer.size if outcome == "complete" else min(sent, transfer.size))
+            metrics.child(metrics.tftp_transfer_seconds, name).observe(max(0.0, seconds))
         log.info(
             "{file} to {client}: {outcome} after {seconds:.3f}s, {amount}, "
             "blksize {blksize}, windowsize {windowsize}{detail_text}",
@@ -583,6 +634,7 @@ class TFTPServerProtocol(DatagramProtocol):
         if session is not None:
             self._logEnd(transfer, outcome, "")
         else:
+            self._account(transfer.name, outcome)
             log.debug(
                 "request for {file} from {client} abandoned: {outcome}",
                 file=transfer.name, client=_client(transfer.client), outcome=outcome,

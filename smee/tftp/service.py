@@ -33,6 +33,13 @@ log = Logger(namespace="smee.tftp")
 #: IPv4 header (20) + UDP header (8) + TFTP DATA header (4).
 DATA_OVERHEAD = 32
 
+#: Seconds ``twistd smee`` lets transfers in progress finish after SIGTERM
+#: before stopping them (ERROR 0 "server shutting down").
+DRAIN_TIMEOUT = 10.0
+
+#: How often the drain looks whether the transfers have ended.
+DRAIN_POLL = 0.1
+
 #: The MTU assumed when the interface of --tftp-addr cannot be found (0.0.0.0,
 #: a secondary address): Ethernet's, the common case on provisioning networks.
 FALLBACK_MTU = 1500
@@ -111,8 +118,16 @@ class TFTPService(ListeningService):
         protocol_factory: Callable[..., TFTPServerProtocol] = TFTPServerProtocol,
         blksize_note: str = "",
         chainloads: Any = None,
+        drain_timeout: float = 0.0,
+        metrics: Any = None,
+        timeline: Any = None,
     ) -> None:
         self.chainloads = chainloads
+        self.metrics = metrics
+        self.timeline = timeline
+        #: > 0: stopService stops accepting requests at once but lets transfers in
+        #: progress finish for up to this many seconds (one port per transfer only)
+        self.drain_timeout = drain_timeout
         self.binaries = binaries
         self.backend = backend
         self.config = config
@@ -126,6 +141,11 @@ class TFTPService(ListeningService):
     def stopService(self) -> defer.Deferred[Any]:
         Service.stopService(self)
         port, protocol, self.port, self.protocol = self.port, self.protocol, None, None
+        if (
+            self.drain_timeout > 0 and port is not None and protocol is not None
+            and not self.config.single_port and protocol.in_progress
+        ):
+            return self._drain(port, protocol)
         if protocol is not None:
             # Now, not when the port's connectionLost runs a reactor turn later:
             # no session may retransmit after stopService returned.
@@ -134,10 +154,48 @@ class TFTPService(ListeningService):
             return defer.succeed(None)
         return defer.maybeDeferred(port.stopListening)
 
+    def _drain(self, port: Any, protocol: TFTPServerProtocol) -> defer.Deferred[Any]:
+        """Close the listening port now, stop what is left after ``drain_timeout`` seconds.
+
+        Each transfer has its own port, so closing port 69 refuses nothing in
+        flight. Closing it runs the protocol's ``stopProtocol`` (which stops
+        every transfer) only when its ``numPorts`` drops to 0: holding one
+        count for the drain keeps the transfers running until it ends. In
+        single-port mode transfers share port 69: they are stopped at once.
+        """
+        protocol.numPorts += 1
+        stopped = defer.maybeDeferred(port.stopListening)
+        deadline = self.reactor.seconds() + self.drain_timeout
+        log.info(
+            "TFTP stopped listening; waiting up to {timeout:g}s for {count} transfers in progress",
+            timeout=self.drain_timeout, count=protocol.in_progress,
+        )
+        done: defer.Deferred[Any] = defer.Deferred()
+
+        def check() -> None:
+            left = protocol.in_progress
+            if left and self.reactor.seconds() < deadline:
+                self.reactor.callLater(DRAIN_POLL, check)
+                return
+            if left:
+                log.warn(
+                    "TFTP: {count} transfers still in progress after {timeout:g}s: stopping them",
+                    count=left, timeout=self.drain_timeout,
+                )
+            else:
+                log.info("TFTP: transfers in progress finished")
+            protocol.numPorts -= 1
+            protocol.stopTransfers()
+            done.callback(None)
+
+        check()
+        return defer.gatherResults([stopped, done]).addCallback(lambda _: None)
+
     def _listen(self) -> None:
         host, number = self.address
         protocol = self.protocol_factory(
-            self.binaries, self.backend, self.config, self.reactor, host, chainloads=self.chainloads
+            self.binaries, self.backend, self.config, self.reactor, host, chainloads=self.chainloads,
+            metrics=self.metrics, timeline=self.timeline,
         )
         try:
             self.port = self.reactor.listenUDP(number, protocol, interface=host)
@@ -166,4 +224,5 @@ def makeService(settings: Any, runtime: Any, reactor: Any) -> TFTPService:
     return TFTPService(
         runtime.binaries, runtime.backend, config, reactor, (str(settings.tftp_addr), settings.tftp_port),
         blksize_note=note, chainloads=runtime.chainloads,
+        metrics=runtime.metrics, timeline=runtime.timeline, drain_timeout=DRAIN_TIMEOUT,
     )

@@ -85,6 +85,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     for name, svc in _makeComponents(settings, runtime, reactor):
         svc.setName(name)
         svc.setServiceParent(top)
+    _addSignalHandling(top, backend, reactor)
     log.info(
         "smee {version}: {mode} mode, backend {backend}, public IP {ip}",
         version=__version__,
@@ -93,6 +94,14 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         ip=str(settings.public_ip),
     )
     return top
+
+
+def _addSignalHandling(top: MultiService, backend: Any, reactor: Any) -> None:
+    """SIGHUP re-reads the hardware (``backend.reload()``); a SIGTERM shutdown exits 0
+    (:mod:`smee.shutdown`)."""
+    from smee.shutdown import SignalService
+
+    SignalService(backend, reactor).setServiceParent(top)
 
 
 def _makeBackend(settings: Any, reactor: Any) -> Any:
@@ -138,8 +147,10 @@ def makeRuntime(settings: Any, backend: Any, reactor: Any) -> Any:
     from installers import load
     from smee.chainload import Chainloads
     from smee.dhcp.policy import DHCPConfig
+    from smee.metrics import InstrumentedBackend, Metrics
     from smee.runtime import Runtime
     from smee.tftp.files import Binaries, default_ipxe_dir
+    from smee.timeline import BootTimeline
 
     binaries = Binaries.load(settings.ipxe_dir or default_ipxe_dir())
     for warning in binaries.warnings:
@@ -147,14 +158,20 @@ def makeRuntime(settings: Any, backend: Any, reactor: Any) -> Any:
     dhcp = replace(DHCPConfig.from_settings(settings), available_binaries=binaries.available())
     # This server's own metrics registry (never prometheus_client's global one),
     # with the process collectors Smee's Go runtime also exposes.
-    metrics = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry(auto_describe=True)
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
-        collector(registry=metrics)
+        collector(registry=registry)
+    metrics = Metrics(registry)
+    timeline = BootTimeline(reactor, metrics=metrics)
     return Runtime(
-        backend=backend, binaries=binaries, dhcp=dhcp, chainloads=Chainloads(reactor),
+        # Every lookup counted and timed in one place; the wrapper also carries
+        # the metrics and the timeline to the protocols built from it.
+        backend=InstrumentedBackend(backend, metrics, reactor, timeline) if backend is not None else None,
+        binaries=binaries, dhcp=dhcp, chainloads=Chainloads(reactor),
         # The process-wide registry: plugins that register at import land there too.
         installers=load(),
         metrics=metrics,
+        timeline=timeline,
     )
 
 
@@ -166,6 +183,7 @@ COMPONENTS: tuple[tuple[str, str | tuple[str, ...], str], ...] = (
     ("tftp", "tftp_enabled", "smee.tftp.service:makeService"),
     # /healthcheck and /metrics come with either: no HTTP server when both are off.
     ("http", ("http_ipxe_binary_enabled", "http_ipxe_script_enabled"), "smee.http.service:makeService"),
+    ("syslog", "syslog_enabled", "smee.syslog.service:makeService"),
 )
 
 

@@ -312,3 +312,47 @@ def test_twistd_binds_then_drops_privileges(netns_lab: Lab, system_venv: Path) -
     text = smee.text()
     assert "Server Shut Down." in text and "stopped by SIGTERM: exiting with status 0" in text, text
     assert "Traceback" not in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.netns
+def test_unprivileged_with_ambient_bind_capability_as_the_unit_runs(netns_lab: Lab, system_venv: Path) -> None:
+    """The unit's way: User=smee from the first instruction, ports bound with CAP_NET_BIND_SERVICE only.
+
+    systemd cannot run as PID 1 here, so ``setpriv`` sets up the same
+    credentials the unit asks for (uid/gid, no supplementary groups, the bind
+    capability inherited and ambient) before exec'ing twistd without -u/-g.
+    """
+    lab = netns_lab
+    lab.require("ss")
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (apt-get install util-linux)")
+    srv, peer = lab.namespace("srv"), lab.namespace("peer")
+    s_if, p_if = lab.veth(srv, peer)
+    srv.addr(s_if, "192.0.2.1/24")
+    peer.addr(p_if, "192.0.2.2/24")
+    files = system_venv.parent / f"unit-{lab.path('x').parent.name}"
+    files.mkdir(mode=0o755)
+    (files / "ipxe").mkdir(mode=0o755)
+    hw = files / "hardware.yaml"
+    hw.write_text(HARDWARE)
+    hw.chmod(0o644)
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service",
+            str(system_venv / "bin" / "twistd"), "-n", "--pidfile=", "--logger=smee.logs.observer",
+            "smee", "--public-ip=192.0.2.1", "--backend-file-enabled=true", f"--backend-file-path={hw}",
+            f"--ipxe-dir={files / 'ipxe'}", "--http-port=80", f"--dhcp-iface={s_if}"]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    smee = Smee("smee", srv, argv, lab.path("smee.log"), env=env, cwd=files)
+    lab.processes.append(smee)
+    lab.defer(f"stop smee (pid {smee.pid})", lambda: smee.stop(timeout=20))
+    for proto, port in (("udp", 67), ("udp", 69), ("tcp", 80), ("udp", 514)):
+        smee.wait_listening(port, proto)
+    uid, gid = _status_ids(smee.pid)
+    assert uid == [str(NOBODY)] * 4 and gid == [str(NOBODY)] * 4, smee.describe()
+    status = Path(f"/proc/{smee.pid}/status").read_text()
+    effective = int(re.search(r"^CapEff:\s+([0-9a-f]+)$", status, re.M).group(1), 16)  # type: ignore[union-attr]
+    assert effective == 1 << 10, f"only CAP_NET_BIND_SERVICE expected, CapEff={effective:#x}"
+    os.kill(smee.pid, signal.SIGTERM)
+    assert smee.wait(30) == 0, smee.describe()
+    assert "Traceback" not in smee.text()

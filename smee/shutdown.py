@@ -72,12 +72,13 @@ class SignalService(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        if getattr(self.backend, "reload", None) is not None:
-            try:
-                self._previous = signal.signal(signal.SIGHUP, self._onSIGHUP)
-                self._installed = True
-            except ValueError:  # not the main thread (some test runners)
-                log.warn("SIGHUP reload not available: not running in the main thread")
+        # Always installed: SIGHUP's default action is to terminate, and
+        # `systemctl reload` sends it whatever the backend is.
+        try:
+            self._previous = signal.signal(signal.SIGHUP, self._onSIGHUP)
+            self._installed = True
+        except ValueError:  # not the main thread (some test runners)
+            log.warn("SIGHUP reload not available: not running in the main thread")
         add = getattr(self.reactor, "addSystemEventTrigger", None)
         if add is not None and self._trigger is None:
             self._trigger = add("during", "shutdown", self._exitZero)
@@ -93,9 +94,14 @@ class SignalService(Service):
 
     def reload(self) -> None:
         """Re-read the hardware now (what SIGHUP does); errors are logged, never raised."""
+        reload = getattr(self.backend, "reload", None)
+        if reload is None:
+            log.info("SIGHUP: nothing to reload ({kind} backend keeps itself current)",
+                     kind=getattr(self.backend, "kind", "this"))
+            return
         log.info("SIGHUP: reloading hardware")
         try:
-            self.backend.reload()
+            reload()
         except Exception:
             log.failure("SIGHUP: reloading hardware failed")
 

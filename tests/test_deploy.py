@@ -88,12 +88,19 @@ def test_signal_service_sighup_reloads_and_restores_handler() -> None:
     assert reactor._exitSignal is None
 
 
-def test_signal_service_without_reload_installs_no_handler() -> None:
+def test_sighup_without_a_reloadable_backend_does_not_kill_smee() -> None:
+    """Kubernetes and HTTP backends have nothing to reload; SIGHUP's default action would terminate."""
+    from twisted.logger import capturedLogs
+
     before = signal.getsignal(signal.SIGHUP)
     svc = SignalService(object(), _Reactor())
     svc.startService()
-    assert signal.getsignal(signal.SIGHUP) == before
+    assert signal.getsignal(signal.SIGHUP) not in (before, signal.SIG_DFL)
+    with capturedLogs() as events:
+        svc.reload()
+    assert any("nothing to reload" in e.get("log_format", "") for e in events)
     svc.stopService()
+    assert signal.getsignal(signal.SIGHUP) == before
 
 
 def test_make_service_has_signals_child(tmp_path: Path) -> None:

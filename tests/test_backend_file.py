@@ -7,6 +7,7 @@ the inotify path end to end, waiting with a deadline rather than sleeping.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -731,3 +732,187 @@ async def test_watch_comes_back_with_a_deleted_directory(tmp_path: Path) -> None
         assert backend._notifier is not None  # re-created by the poll
     finally:
         backend.stopService()
+
+
+# --- real reactor: reloads in a worker thread -----------------------------------
+
+
+def big(n: int, tag: str, extra: str = "") -> str:
+    """``n`` records (MACs 02:00:…, addresses from 10.0.0.0/8), hostnames ``{tag}-{i}``."""
+    out = []
+    for i in range(n):
+        b = i.to_bytes(4, "big")
+        mac = "02:00:" + ":".join(f"{x:02x}" for x in b)
+        out.append(machine(mac, f"10.{b[1]}.{b[2]}.{b[3]}", f"{tag}-{i}"))
+    return "".join(out) + extra
+
+
+BIG_M0 = "02:00:00:00:00:00"
+
+
+def test_parse_in_thread_follows_the_reactor(tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    path = tmp_path / "hw.yaml"
+    path.write_text(GOOD)
+    assert make(path)._parse_in_thread is False  # a Clock has no thread pool
+    assert FileBackend(str(path), reactor)._parse_in_thread is True
+    assert FileBackend(str(path), reactor, parse_in_thread=False)._parse_in_thread is False
+    with pytest.raises(ValueError, match="IReactorThreads"):
+        make(path, parse_in_thread=True)
+
+
+def _threaded(path: Path) -> FileBackend:
+    from twisted.internet import reactor
+
+    # No poll, no inotify: only the test's own calls reload.
+    backend = FileBackend(str(path), reactor, poll_interval=0, use_inotify=False)
+    assert backend._parse_in_thread
+    backend.startService()
+    return backend
+
+
+@pytest_twisted.ensureDeferred
+async def test_big_reload_runs_off_the_reactor_thread(tmp_path: Path) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
+
+    n = 20_000
+    path = tmp_path / "hw.yaml"
+    path.write_text(big(n, "old"))
+    backend = _threaded(path)
+    seen: list[str | None] = []
+    ticks: list[float] = []
+
+    def tick() -> None:
+        ticks.append(time.monotonic())
+        seen.append(hostname(backend, BIG_M0))  # a lookup mid-reload
+
+    path.write_text(big(n, "new", extra=machine(M1, "192.0.2.10", "added")))
+    loop = LoopingCall(tick)
+    loop.clock = reactor
+    try:
+        start = time.monotonic()
+        loop.start(0.01)
+        d = backend.reload()
+        assert not d.called and hostname(backend, BIG_M0) == "old-0"
+        await d
+        took = time.monotonic() - start
+        ticks_during = len([t for t in ticks if t <= start + took])
+    finally:
+        loop.stop()
+        backend.stopService()
+    # The parse alone takes well over 0.1 s for 20,000 records; a blocked
+    # reactor would have ticked once or twice (LoopingCall skips missed ticks).
+    assert took > 0.1, took
+    assert ticks_during >= max(10, int(took / 0.01 * 0.3)), (ticks_during, took)
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < took / 2, (max(gaps), took)
+    # Lookups during the reload answered from the old data only, then the new.
+    assert seen and set(seen) == {"old-0"}, set(seen)
+    assert hostname(backend, BIG_M0) == "new-0" and hostname(backend, M1) == "added"
+    assert backend.state()["records"] == n + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_change_during_a_reload_is_picked_up_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    path = tmp_path / "hw.yaml"
+    path.write_text(big(5_000, "old"))
+    backend = _threaded(path)
+    real = file_mod.load_file
+    lock = threading.Lock()
+    active = [0, 0, 0]  # now, most at once, calls
+
+    def counting(p: str) -> ParseResult:
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+            active[2] += 1
+        try:
+            return real(p)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(file_mod, "load_file", counting)
+    try:
+        path.write_text(big(5_000, "second"))
+        first = backend._check()
+        assert backend._busy is not None
+        path.write_text(GOOD2)  # arrives while the first reload parses
+        second = backend._check()  # what inotify/poll would do
+        third = backend._check()  # a burst: still only one more pass
+        await first
+        await second
+        await third
+    finally:
+        backend.stopService()
+    assert hostname(backend) == "m1" and backend.state()["records"] == 2
+    assert active[1] == 1, "two reloads ran at once"
+    assert active[2] == 2, active  # the first pass and exactly one follow-up
+    assert backend._busy is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_threaded_reload_keeps_last_good_data_and_logs_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "hw.yaml"
+    path.write_text(GOOD)
+    backend = _threaded(path)
+    try:
+        path.write_text(GOOD + "52:54:00:00:00:02:\n  ipAddress: 999.1.1.1\n")
+        with capturedLogs() as events:
+            await backend.reload()
+        assert hostname(backend) == "m1" and backend.state()["records"] == 1
+        [error] = texts(events, LogLevel.error)
+        assert error.startswith(f"{path}:7: ") and "keeping 1 records" in error
+        assert backend.state()["errors"] == [error.split(" (keeping")[0]]
+        path.write_text(GOOD2)
+        await backend.reload()
+        assert served(backend, M2) is not None and backend.state()["errors"] == []
+    finally:
+        backend.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_threaded_reload_survives_an_unexpected_exception(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "hw.yaml"
+    path.write_text(GOOD)
+    backend = _threaded(path)
+    real = file_mod.load_file
+
+    def boom(p: str) -> ParseResult:
+        raise RuntimeError("boom")
+
+    try:
+        path.write_text(GOOD2)
+        monkeypatch.setattr(file_mod, "load_file", boom)
+        with capturedLogs() as events:
+            await backend.reload()  # never fails
+        assert any(e.get("log_failure") for e in events)
+        assert served(backend, M2) is None and hostname(backend) == "m1"
+        monkeypatch.setattr(file_mod, "load_file", real)
+        await backend.reload()
+        assert served(backend, M2) is not None
+    finally:
+        backend.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_during_a_threaded_reload_waits_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "hw.yaml"
+    path.write_text(big(3_000, "old"))
+    backend = _threaded(path)
+    path.write_text(big(3_000, "new"))
+    backend.reload()
+    backend._check()  # queued: must not start after the stop
+    stopped = backend.stopService()
+    assert stopped is not None and not stopped.called
+    await stopped
+    assert backend._busy is None and not backend._again
+    assert hostname(backend, BIG_M0) == "new-0"  # the finished parse was committed

@@ -273,22 +273,24 @@ def _status_ids(pid: int) -> tuple[list[str], list[str]]:
     return uid.group(1).split(), gid.group(1).split()
 
 
-@pytest.mark.slow
-@pytest.mark.netns
-def test_twistd_binds_then_drops_privileges(netns_lab: Lab, system_venv: Path) -> None:
-    lab = netns_lab
+def _start_on_standard_ports(lab: Lab, venv: Path, launcher: list[str], twistd_args: list[str]) -> tuple[Any, Any, Path]:
+    """smee from ``venv`` in a fresh namespace on 192.0.2.1, files readable by nobody; waits for :67 :69 :80 :514.
+
+    ``launcher`` goes before twistd (e.g. setpriv), ``twistd_args`` between twistd and ``smee``.
+    Returns (the process, the server namespace, the hardware file).
+    """
     lab.require("ss")
     srv, peer = lab.namespace("srv"), lab.namespace("peer")
     s_if, p_if = lab.veth(srv, peer)
     srv.addr(s_if, "192.0.2.1/24")
     peer.addr(p_if, "192.0.2.2/24")
-    files = system_venv.parent / f"run-{lab.path('x').parent.name}"
+    files = venv.parent / f"run-{lab.path('x').parent.name}"
     files.mkdir(mode=0o755)
     (files / "ipxe").mkdir(mode=0o755)
     hw = files / "hardware.yaml"
     hw.write_text(HARDWARE)
     hw.chmod(0o644)
-    argv = [str(system_venv / "bin" / "twistd"), "-n", "--pidfile=", "-u", str(NOBODY), "-g", str(NOBODY),
+    argv = [*launcher, str(venv / "bin" / "twistd"), "-n", "--pidfile=", *twistd_args,
             "smee", "--public-ip=192.0.2.1", "--backend-file-enabled=true", f"--backend-file-path={hw}",
             f"--ipxe-dir={files / 'ipxe'}", "--http-port=80", f"--dhcp-iface={s_if}"]
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
@@ -297,6 +299,14 @@ def test_twistd_binds_then_drops_privileges(netns_lab: Lab, system_venv: Path) -
     lab.defer(f"stop smee (pid {smee.pid})", lambda: smee.stop(timeout=20))
     for proto, port in (("udp", 67), ("udp", 69), ("tcp", 80), ("udp", 514)):
         smee.wait_listening(port, proto)
+    return smee, srv, hw
+
+
+@pytest.mark.slow
+@pytest.mark.netns
+def test_twistd_binds_then_drops_privileges(netns_lab: Lab, system_venv: Path) -> None:
+    smee, srv, hw = _start_on_standard_ports(
+        netns_lab, system_venv, [], ["-u", str(NOBODY), "-g", str(NOBODY)])
     smee.wait_for(r"set uid/gid 65534/65534")
     uid, gid = _status_ids(smee.pid)
     assert uid == [str(NOBODY)] * 4 and gid == [str(NOBODY)] * 4, smee.describe()
@@ -330,31 +340,11 @@ def test_unprivileged_with_ambient_bind_capability_as_the_unit_runs(netns_lab: L
     credentials the unit asks for (uid/gid, no supplementary groups, the bind
     capability inherited and ambient) before exec'ing twistd without -u/-g.
     """
-    lab = netns_lab
-    lab.require("ss")
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv (apt-get install util-linux)")
-    srv, peer = lab.namespace("srv"), lab.namespace("peer")
-    s_if, p_if = lab.veth(srv, peer)
-    srv.addr(s_if, "192.0.2.1/24")
-    peer.addr(p_if, "192.0.2.2/24")
-    files = system_venv.parent / f"unit-{lab.path('x').parent.name}"
-    files.mkdir(mode=0o755)
-    (files / "ipxe").mkdir(mode=0o755)
-    hw = files / "hardware.yaml"
-    hw.write_text(HARDWARE)
-    hw.chmod(0o644)
-    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service",
-            str(system_venv / "bin" / "twistd"), "-n", "--pidfile=", "--logger=smee.logs.observer",
-            "smee", "--public-ip=192.0.2.1", "--backend-file-enabled=true", f"--backend-file-path={hw}",
-            f"--ipxe-dir={files / 'ipxe'}", "--http-port=80", f"--dhcp-iface={s_if}"]
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
-    smee = Smee("smee", srv, argv, lab.path("smee.log"), env=env, cwd=files)
-    lab.processes.append(smee)
-    lab.defer(f"stop smee (pid {smee.pid})", lambda: smee.stop(timeout=20))
-    for proto, port in (("udp", 67), ("udp", 69), ("tcp", 80), ("udp", 514)):
-        smee.wait_listening(port, proto)
+    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+               "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"]
+    smee, _srv, _hw = _start_on_standard_ports(netns_lab, system_venv, setpriv, ["--logger=smee.logs.observer"])
     uid, gid = _status_ids(smee.pid)
     assert uid == [str(NOBODY)] * 4 and gid == [str(NOBODY)] * 4, smee.describe()
     status = Path(f"/proc/{smee.pid}/status").read_text()

@@ -5,16 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from twistd_proc import run_then_sigterm
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
@@ -345,25 +342,9 @@ def test_twistd_logger_writes_json_lines(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMEE_")}
     env["PYTHONPATH"] = str(REPO)
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=err, env=env)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                report = f"{out_path.read_text()}\n{err_path.read_text()}"
-                assert proc.poll() is None, report
-                assert time.monotonic() < deadline, report
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthcheck", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.1)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) in (0, -signal.SIGTERM), out_path.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        status = run_then_sigterm(args, tmp_path, env, http_port, out, err,
+                                  lambda: f"{out_path.read_text()}\n{err_path.read_text()}")
+    assert status == 0, out_path.read_text()
     recs = []
     for line in out_path.read_text().splitlines():
         rec = json.loads(line)

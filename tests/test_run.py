@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from twistd_proc import run_then_sigterm
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,27 +35,10 @@ def test_twistd_smee_runs_on_example_hardware_and_stops_on_sigterm(tmp_path: Pat
     assert "--backend-file-enabled=true --backend-file-path=examples/hardware.yaml" in run_script
     log = tmp_path / "smee.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)))
-        try:
-            # Wait for an answered request: the reactor runs, so its SIGTERM handler is in place.
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthcheck", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.1)
-            proc.send_signal(signal.SIGTERM)
-            # twistd re-raises SIGTERM after a clean shutdown (the status a
-            # service manager expects); "Server Shut Down." shows it was clean.
-            assert proc.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        status = run_then_sigterm(args, tmp_path, dict(os.environ, PYTHONPATH=str(REPO)), http_port,
+                                  out, subprocess.STDOUT, log.read_text)
+    # SIGTERM is a clean stop: exit status 0 (smee.shutdown clears twistd's re-raise).
+    assert status == 0, log.read_text()
     text = log.read_text()
     assert "Traceback" not in text
     assert "examples/hardware.yaml: 3 records" in text

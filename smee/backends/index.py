@@ -60,7 +60,32 @@ def _add(index: dict, key: object, match: Match, ambiguous: list) -> None:  # ty
         ambiguous.append(key)
 
 
-class HardwareIndex:
+class Lookups:
+    """The lookups every index answers, over ``_by_mac`` (MAC → Match) and ``_by_ip`` (int → Match).
+
+    A key claimed more than once holds a :class:`_Claims` and fails the lookup.
+    """
+
+    __slots__ = ("_by_mac", "_by_ip")
+    _by_mac: dict[str, Match | _Claims]
+    _by_ip: dict[int, Match | _Claims]
+
+    def by_mac(self, mac: str) -> Match | None:
+        """The interface with this (normalised) MAC; raises AmbiguousHardware if 2+ claim it."""
+        found = self._by_mac.get(mac)
+        if type(found) is _Claims:
+            raise AmbiguousHardware(_describe("MAC", mac, found))
+        return found  # type: ignore[return-value]
+
+    def by_ip(self, ip: IPv4Address) -> Match | None:
+        """The interface reserving this address; raises AmbiguousHardware if 2+ claim it."""
+        found = self._by_ip.get(int(ip))
+        if type(found) is _Claims:
+            raise AmbiguousHardware(_describe("IP", str(ip), found))
+        return found  # type: ignore[return-value]
+
+
+class HardwareIndex(Lookups):
     """O(1) lookups by interface MAC and by interface IPv4 address.
 
     Keys must already be normalised: :meth:`by_mac` takes the
@@ -69,7 +94,7 @@ class HardwareIndex:
     lookup).
     """
 
-    __slots__ = ("_hardware", "_by_mac", "_by_ip", "_duplicates")
+    __slots__ = ("_hardware", "_duplicates")
 
     def __init__(self, hardware: Iterable[Hardware] = ()) -> None:
         records = tuple(hardware)
@@ -91,20 +116,6 @@ class HardwareIndex:
             [_describe("MAC", mac, by_mac[mac]) for mac in dup_macs]  # type: ignore[arg-type]
             + [_describe("IP", str(IPv4Address(ip)), by_ip[ip]) for ip in dup_ips]  # type: ignore[arg-type]
         )
-
-    def by_mac(self, mac: str) -> Match | None:
-        """The interface with this (normalised) MAC; raises AmbiguousHardware if 2+ claim it."""
-        found = self._by_mac.get(mac)
-        if type(found) is _Claims:
-            raise AmbiguousHardware(_describe("MAC", mac, found))
-        return found  # type: ignore[return-value]
-
-    def by_ip(self, ip: IPv4Address) -> Match | None:
-        """The interface reserving this address; raises AmbiguousHardware if 2+ claim it."""
-        found = self._by_ip.get(int(ip))
-        if type(found) is _Claims:
-            raise AmbiguousHardware(_describe("IP", str(ip), found))
-        return found  # type: ignore[return-value]
 
     def duplicates(self) -> list[str]:
         """One human-readable line per ambiguous MAC or IP, naming every claimant."""

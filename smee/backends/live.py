@@ -19,8 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from ipaddress import IPv4Address
 
-from smee.backends import AmbiguousHardware
-from smee.backends.index import _Claims, _describe
+from smee.backends.index import Lookups, _Claims, _describe
 from smee.hardware import Hardware, Match
 
 __all__ = ["LiveIndex"]
@@ -52,10 +51,10 @@ def _remove(index: dict, key: object, hw: Hardware) -> None:  # type: ignore[typ
         del index[key]
 
 
-class LiveIndex:
+class LiveIndex(Lookups):
     """O(1) lookups by interface MAC and IPv4 address over records that change one at a time."""
 
-    __slots__ = ("_by_ip", "_by_mac", "_objects")
+    __slots__ = ("_objects",)
 
     def __init__(self, records: Iterable[tuple[str, Hardware]] = ()) -> None:
         self._objects: dict[str, Hardware] = {}
@@ -98,20 +97,6 @@ class LiveIndex:
         return old
 
     # --- lookups -------------------------------------------------------
-
-    def by_mac(self, mac: str) -> Match | None:
-        """The interface with this (normalised) MAC; raises AmbiguousHardware if 2+ claim it."""
-        found = self._by_mac.get(mac)
-        if type(found) is _Claims:
-            raise AmbiguousHardware(_describe("MAC", mac, found))
-        return found  # type: ignore[return-value]
-
-    def by_ip(self, ip: IPv4Address) -> Match | None:
-        """The interface reserving this address; raises AmbiguousHardware if 2+ claim it."""
-        found = self._by_ip.get(int(ip))
-        if type(found) is _Claims:
-            raise AmbiguousHardware(_describe("IP", str(ip), found))
-        return found  # type: ignore[return-value]
 
     def duplicates(self) -> list[str]:
         """One line per ambiguous MAC or IP, naming every claimant (computed on demand)."""

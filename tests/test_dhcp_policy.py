@@ -174,7 +174,7 @@ REAL_CLASSIFY = _real_classify_works()
 
 def info(p: Packet, **override: Any) -> ClientInfo:
     client = classify_mod.classify(p) if REAL_CLASSIFY else oracle(p)
-    return dataclasses.replace(client, **override) if override else client
+    return client._replace(**override) if override else client
 
 
 # --------------------------------------------------------------------------- hardware and config

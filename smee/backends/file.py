@@ -194,20 +194,29 @@ class FileBackend(Service):
 
     def by_mac(self, mac: str) -> defer.Deferred[Match | None]:
         """Look up by MAC in any notation; garbage fails with LookupFailed."""
-        index = self._index
         try:
-            # Callers normally pass the normalised form: one dict probe, no regex.
-            found = index.by_mac(mac) if isinstance(mac, str) else None
-            if found is None:
-                try:
-                    key = normalize_mac(mac)
-                except HardwareError as e:
-                    return defer.fail(LookupFailed(str(e)))
-                if key != mac:
-                    found = index.by_mac(key)
-        except AmbiguousHardware as e:
+            return defer.succeed(self.by_mac_now(mac))
+        except LookupFailed as e:
             return defer.fail(e)
-        return defer.succeed(found)
+
+    def by_mac_now(self, mac: str) -> Match | None:
+        """:meth:`by_mac` without the Deferred: the index is in memory, so the answer is ready.
+
+        Raises :class:`LookupFailed` (garbage MAC) or AmbiguousHardware (a
+        LookupFailed) where by_mac fails its Deferred; the DHCP hot path
+        calls this and builds no Deferred.
+        """
+        index = self._index
+        # Callers normally pass the normalised form: one dict probe, no regex.
+        found = index.by_mac(mac) if isinstance(mac, str) else None
+        if found is None:
+            try:
+                key = normalize_mac(mac)
+            except HardwareError as e:
+                raise LookupFailed(str(e)) from None
+            if key != mac:
+                found = index.by_mac(key)
+        return found
 
     def by_ip(self, ip: IPv4Address | str) -> defer.Deferred[Match | None]:
         """Look up by the IPv4 address reserved for an interface."""

@@ -152,11 +152,10 @@ def parse(data: bytes) -> Packet:
 
 
 def _check(packet: Packet) -> None:
-    """Reject what the wire format cannot carry, instead of silently emitting a different packet.
+    """Reject a header the wire format cannot carry, instead of silently emitting a different packet.
 
-    ``struct`` pads or truncates ``4s``/``16s`` fields without a word, and
-    codes 0/255 would be read back as PAD/END; option 52 belongs to the codec,
-    which adds it itself when it overloads.
+    ``struct`` pads or truncates ``4s``/``16s`` fields without a word. Option
+    codes are checked as they are encoded (:func:`_encode_options`).
     """
     if packet.op not in (BOOTREQUEST, BOOTREPLY):
         raise ValueError(f"bad op {packet.op}")
@@ -164,22 +163,32 @@ def _check(packet: Packet) -> None:
         raise ValueError(f"hlen {packet.hlen} / chaddr of {len(packet.chaddr)} bytes exceed 16")
     if not len(packet.ciaddr) == len(packet.yiaddr) == len(packet.siaddr) == len(packet.giaddr) == 4:
         raise ValueError("ciaddr, yiaddr, siaddr and giaddr must be 4 bytes each")
-    for code in packet.options:
+
+
+def _encode_options(options: dict[int, bytes]) -> bytearray:
+    """TLV-encode, splitting values over 255 bytes into consecutive items (RFC 3396).
+
+    Codes 0/255 would be read back as PAD/END, and option 52 belongs to the
+    codec (which adds it itself when it overloads): any of them raises
+    ValueError. One bytearray grows in place: this runs for every reply.
+    """
+    out = bytearray()
+    append = out.append
+    for code, value in options.items():
         if not 0 < code < 255 or code == OPT_OVERLOAD:
             raise ValueError(f"option code {code} cannot be sent as an option")
-
-
-def _encode_options(options: dict[int, bytes]) -> bytes:
-    """TLV-encode, splitting values over 255 bytes into consecutive items (RFC 3396)."""
-    out = bytearray()
-    for code, value in options.items():
-        if not value:
-            out += bytes((code, 0))
+        n = len(value)
+        if n <= 255:
+            append(code)
+            append(n)
+            out += value
             continue
-        for i in range(0, len(value), 255):
+        for i in range(0, n, 255):
             chunk = value[i : i + 255]
-            out += bytes((code, len(chunk))) + chunk
-    return bytes(out)
+            append(code)
+            append(len(chunk))
+            out += chunk
+    return out
 
 
 def build(packet: Packet, max_size: int = ETHERNET_MAX_SIZE) -> bytes:
@@ -193,21 +202,20 @@ def build(packet: Packet, max_size: int = ETHERNET_MAX_SIZE) -> bytes:
     255, address of the wrong length) raises plain :class:`ValueError`.
     """
     _check(packet)
-    encoded = _encode_options(packet.options)
+    body = _encode_options(packet.options)
     sname, file = packet.sname, packet.file
     if len(sname) > 64 or len(file) > 128:
         raise PacketTooLarge(f"sname ({len(sname)}) or file ({len(file)}) too long")
-    body = encoded + b"\xff"
+    body.append(OPT_END)
     if _FIXED + len(body) > max_size:
-        body, sname, file = _overload(packet, max_size)
-    header = _HEADER.pack(
+        body, sname, file = _overload(packet, max_size)  # type: ignore[assignment]
+    message = _HEADER.pack(
         packet.op, packet.htype, packet.hlen, packet.hops, packet.xid, packet.secs, packet.flags,
-        packet.ciaddr, packet.yiaddr, packet.siaddr, packet.giaddr, packet.chaddr.ljust(16, b"\0"),
-        sname.ljust(64, b"\0"), file.ljust(128, b"\0"),
-    )
-    message = header + MAGIC + body
+        packet.ciaddr, packet.yiaddr, packet.siaddr, packet.giaddr, packet.chaddr,
+        sname, file,
+    ) + MAGIC + body
     if len(message) < MIN_SIZE:
-        message += b"\0" * (MIN_SIZE - len(message))
+        message += bytes(MIN_SIZE - len(message))
     return message
 
 

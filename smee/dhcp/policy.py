@@ -92,6 +92,8 @@ class DHCPConfig:
     #: the script URL split around the place the MAC goes: prefix + mac + suffix
     script_prefix: str = field(init=False, repr=False, compare=False)
     script_suffix: str = field(init=False, repr=False, compare=False)
+    #: each record's reply options, encoded once (a memo, not state: same answer without it)
+    leases: _LeaseCache = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -106,6 +108,7 @@ class DHCPConfig:
         prefix, suffix = _split_for_mac(self.script_url)
         put(self, "script_prefix", prefix)
         put(self, "script_suffix", suffix)
+        put(self, "leases", _LeaseCache())
 
     @classmethod
     def from_settings(cls, settings: Any) -> DHCPConfig:
@@ -238,6 +241,12 @@ def _ip(packed: bytes) -> str:
     return inet_ntoa(packed) if len(packed) == 4 else f"<{packed.hex() or 'empty'}>"
 
 
+def _where(match: Match) -> str:
+    """`` (file.yaml:12)`` naming the record's source, for a refusal's reason; "" if unknown."""
+    source = match.hardware.source
+    return f" ({source})" if source else ""
+
+
 def _binary(client: ClientInfo, config: DHCPConfig) -> str | None:
     """The iPXE binary for the client's arch, None when unmapped or not available."""
     binary = client.binary
@@ -309,7 +318,7 @@ class _Lease(NamedTuple):
 
 
 def _lease(iface: Interface) -> _Lease:
-    """The record's options, encoded (precomputing them per record is issue 9's business)."""
+    """The record's options, encoded (once per record: :class:`_LeaseCache`)."""
     ip = iface.ip
     assert ip is not None
     head = []
@@ -338,6 +347,36 @@ def _lease(iface: Interface) -> _Lease:
         domain_search=opt.domain_search(iface.domain_search) if iface.domain_search else None,
         vlan_sub=bytes((opt.PXE_VLAN_ID, len(vlan))) + vlan if vlan else b"",
     )
+
+
+class _LeaseCache:
+    """Interface → its :class:`_Lease`, for the ``limit`` interfaces most recently added.
+
+    Hardware records are immutable and a reload builds new ones, so an entry
+    is keyed by the interface's identity and keeps that interface alive: an
+    ``id`` cannot be reused while its entry exists, and a reload's records
+    simply miss and push the old ones out (oldest first) as machines ask.
+    """
+
+    __slots__ = ("_entries", "limit")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._entries: dict[int, tuple[Interface, _Lease]] = {}
+        self.limit = limit
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, iface: Interface) -> _Lease:
+        entries = self._entries
+        hit = entries.get(id(iface))
+        if hit is not None and hit[0] is iface:
+            return hit[1]
+        lease = _lease(iface)
+        if len(entries) >= self.limit:
+            del entries[next(iter(entries))]
+        entries[id(iface)] = (iface, lease)
+        return lease
 
 
 def _nak(request: Packet, client: ClientInfo, config: DHCPConfig, why: str) -> Decision:
@@ -394,13 +433,13 @@ def _reservation(
     if match is None:
         return Decision(None, f"no reply to {MESSAGE_TYPES[mt]} from {mac}: unknown MAC", "unknown")
     iface = match.interface
-    source = match.hardware.source
-    where = f" ({source})" if source else ""
     if iface.disable_dhcp:
+        where = _where(match)
         return Decision(None, f"no reply to {mac}: DHCP is disabled in its hardware record{where}", "disabled")
     if iface.ip is None:
+        where = _where(match)
         return Decision(None, f"no reply to {mac}: its hardware record{where} has no IP address", "no-address")
-    lease = _lease(iface)
+    lease = config.leases.get(iface)
     reserved = lease.reserved
 
     ciaddr = ZERO4

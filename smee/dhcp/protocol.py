@@ -11,6 +11,17 @@ Nothing that arrives on the wire, and nothing a backend does, can make
 :meth:`DHCPServerProtocol.datagramReceived` raise or leave a failed
 Deferred unhandled: a bad packet or a failed lookup costs one log line and
 no reply.
+
+Every request passes through here, so the per-packet work is kept to what
+the answer needs (issue 9; ``benchmarks/profile_dhcp.py`` measures it):
+
+* a backend that can answer at once offers ``by_mac_now(mac)`` (returns the
+  Match or None, raises :class:`~smee.backends.LookupFailed`), and then no
+  Deferred, callback chain or timer is built; others go through ``by_mac``;
+* events below ``log_level`` (``--log-level``, the level the observer drops
+  below) are not built at all: at the default ``info`` a served request
+  costs no log event, at ``error`` neither does a refusal;
+* the ``dhcp_messages_total`` children are cached per (type, outcome).
 """
 
 from __future__ import annotations
@@ -60,6 +71,10 @@ QUIET_OUTCOMES = frozenset({"not-netboot"})
 #: User classes of an iPXE client (ours says "Tinkerbell"): its DHCP is the ipxe-* stages.
 _IPXE_USER_CLASSES = frozenset({"iPXE", "Tinkerbell"})
 
+#: ``--log-level`` names (or LogLevels) → rank; an event is built only if its rank reaches the level's.
+_RANKS = {"debug": 0, "info": 1, "warn": 2, "error": 3,
+          LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3, LogLevel.critical: 4}
+
 
 def _type_name(msg_type: int | None) -> str:
     name = MESSAGE_TYPES.get(msg_type)  # type: ignore[arg-type]
@@ -83,6 +98,9 @@ class DHCPServerProtocol(DatagramProtocol):
         ``destination`` like :mod:`smee.dhcp.policy` (the default)
     :param metrics: :class:`smee.metrics.Metrics` (``dhcp_messages_total``), or None
     :param timeline: :class:`smee.timeline.BootTimeline`, or None
+    :param log_level: the lowest level the log observer writes (``--log-level``;
+        a name or a LogLevel): debug and info events below it are never built.
+        The default builds every event, as a test capturing logs expects.
     """
 
     noisy = False
@@ -102,6 +120,7 @@ class DHCPServerProtocol(DatagramProtocol):
         policy: Any = _policy,
         metrics: Any = None,
         timeline: Any = None,
+        log_level: str | LogLevel = "debug",
     ) -> None:
         self.backend = backend
         self.config = config
@@ -120,11 +139,31 @@ class DHCPServerProtocol(DatagramProtocol):
         self._pending: set[Deferred[Any]] = set()
         self.metrics = metrics
         self.timeline = timeline
+        rank = _RANKS[log_level]
+        #: whether debug / info events are wanted at all (warnings and errors always are)
+        self._log_debug = rank <= 0
+        self._log_info = rank <= 1
+        #: (msg_type, outcome) → dhcp_messages_total child
+        self._counters: dict[tuple[int | None, str], Any] = {}
+
+    @property
+    def backend(self) -> Any:
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: Any) -> None:
+        self._backend = backend
+        #: the backend's synchronous lookup, if it has one (see the module docstring)
+        self._lookup_now = getattr(backend, "by_mac_now", None)
 
     def _count(self, msg_type: int | None, outcome: str) -> None:
         metrics = self.metrics
         if metrics is not None:
-            metrics.child(metrics.dhcp_messages, _type_name(msg_type), outcome).inc()
+            key = (msg_type, outcome)
+            child = self._counters.get(key)
+            if child is None:
+                child = self._counters[key] = metrics.child(metrics.dhcp_messages, _type_name(msg_type), outcome)
+            child.inc()
 
     def _seen(self, client: ClientInfo, reply_type: int | None) -> None:
         """The boot timeline: the request's stage, then the reply's (if any)."""
@@ -149,17 +188,19 @@ class DHCPServerProtocol(DatagramProtocol):
             try:
                 request = parse(data)
             except DHCPParseError as e:
-                log.info(
-                    "{iface}: dropped malformed DHCP datagram from {src[0]}:{src[1]}: {error}",
-                    iface=self.iface, src=addr, error=str(e), outcome="malformed",
-                )
+                if self._log_info:
+                    log.info(
+                        "{iface}: dropped malformed DHCP datagram from {src[0]}:{src[1]}: {error}",
+                        iface=self.iface, src=addr, error=str(e), outcome="malformed",
+                    )
                 self._count(None, "malformed")
                 return
             if request.op != BOOTREQUEST:
-                log.debug(
-                    "{iface}: ignored BOOTREPLY from {src[0]}:{src[1]} (xid {xid:#010x})",
-                    iface=self.iface, src=addr, xid=request.xid, outcome="not-request",
-                )
+                if self._log_debug:
+                    log.debug(
+                        "{iface}: ignored BOOTREPLY from {src[0]}:{src[1]} (xid {xid:#010x})",
+                        iface=self.iface, src=addr, xid=request.xid, outcome="not-request",
+                    )
                 self._count(request.msg_type, "not-request")
                 return
             client = self._classify(request)
@@ -169,8 +210,18 @@ class DHCPServerProtocol(DatagramProtocol):
                 # troubling the backend with a key it would reject.
                 self._answer(None, request, client, addr)
                 return
+            lookup_now = self._lookup_now
+            if lookup_now is not None:
+                # An in-memory backend: the answer now, no Deferred to build.
+                try:
+                    match = lookup_now(client.mac)
+                except Exception:
+                    self._lookupFailed(Failure(), request, client, addr)
+                    return
+                self._answer(match, request, client, addr)
+                return
             try:
-                d = self.backend.by_mac(client.mac)
+                d = self._backend.by_mac(client.mac)
             except Exception:
                 # A backend must fail its Deferred, but one that raises gets
                 # the same treatment.
@@ -217,6 +268,8 @@ class DHCPServerProtocol(DatagramProtocol):
                 timeout=self.lookup_timeout, outcome="lookup-timeout", **fields,
             )
         elif failure.check(CancelledError):
+            if not self._log_debug:
+                return
             log.debug(
                 "{iface}: no reply to {msg_type} from {mac}: lookup abandoned (server stopping)",
                 outcome="lookup-cancelled", **fields,
@@ -249,12 +302,14 @@ class DHCPServerProtocol(DatagramProtocol):
                 if self.timeline is not None and match is not None:
                     # Known machines only: not every laptop on a proxy-mode segment.
                     self._seen(client, None)
-                (log.debug if decision.outcome in QUIET_OUTCOMES else log.info)(
-                    "{iface}: {reason} (xid {xid:#010x})",
-                    iface=self.iface, mac=client.mac, xid=request.xid,
-                    msg_type=_type_name(client.msg_type), outcome=decision.outcome,
-                    reason=decision.reason, src=addr,
-                )
+                quiet = decision.outcome in QUIET_OUTCOMES
+                if self._log_debug if quiet else self._log_info:
+                    (log.debug if quiet else log.info)(
+                        "{iface}: {reason} (xid {xid:#010x})",
+                        iface=self.iface, mac=client.mac, xid=request.xid,
+                        msg_type=_type_name(client.msg_type), outcome=decision.outcome,
+                        reason=decision.reason, src=addr,
+                    )
                 return
             try:
                 data = build(reply, max_size=request.max_size())
@@ -281,13 +336,15 @@ class DHCPServerProtocol(DatagramProtocol):
             self._count(client.msg_type, decision.outcome)
             if self.timeline is not None:
                 self._seen(client, reply.msg_type)
-            (log.info if decision.outcome == "nak" else log.debug)(
-                "{iface}: {reply_type} to {mac} via {dst[0]}:{dst[1]} (xid {xid:#010x}): {reason}",
-                iface=self.iface, mac=client.mac, xid=request.xid,
-                msg_type=_type_name(client.msg_type), reply_type=_type_name(reply.msg_type),
-                outcome=decision.outcome, reason=decision.reason, src=addr, dst=(host, port),
-                size=len(data),
-            )
+            nak = decision.outcome == "nak"
+            if self._log_info if nak else self._log_debug:
+                (log.info if nak else log.debug)(
+                    "{iface}: {reply_type} to {mac} via {dst[0]}:{dst[1]} (xid {xid:#010x}): {reason}",
+                    iface=self.iface, mac=client.mac, xid=request.xid,
+                    msg_type=_type_name(client.msg_type), reply_type=_type_name(reply.msg_type),
+                    outcome=decision.outcome, reason=decision.reason, src=addr, dst=(host, port),
+                    size=len(data),
+                )
         except Exception:
             self._count(client.msg_type, "error")
             log.failure(

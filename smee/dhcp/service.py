@@ -91,6 +91,8 @@ class DHCPService(Service):
     ``protocols`` and ``ports`` (Twisted UDP ports) are filled while running,
     in ``ifaces`` order. ``server_port``/``client_port`` replace ports 67/68
     in reply destinations (tests use them to catch replies on loopback).
+    ``log_level`` is ``--log-level``: the protocols skip building events the
+    observer would drop (the default, debug, builds them all).
     """
 
     def __init__(
@@ -108,8 +110,11 @@ class DHCPService(Service):
         chainloads: Any = None,
         metrics: Any = None,
         timeline: Any = None,
+        log_level: str = "debug",
     ) -> None:
         self.backend = backend
+        #: passed to each protocol: events below it are not even built (--log-level)
+        self.log_level = log_level
         self.chainloads = chainloads
         self.metrics = metrics
         self.timeline = timeline
@@ -153,6 +158,7 @@ class DHCPService(Service):
                         lookup_timeout=self.lookup_timeout,
                         server_port=self.server_port, client_port=self.client_port,
                         chainloads=self.chainloads, metrics=self.metrics, timeline=self.timeline,
+                        log_level=self.log_level,
                     )
                     port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol)
                 finally:
@@ -180,4 +186,5 @@ def makeService(settings: Any, runtime: Any, reactor: Any) -> DHCPService:
     return DHCPService(
         runtime.backend, runtime.dhcp, reactor, (str(host), port), settings.dhcp_iface,
         chainloads=runtime.chainloads, metrics=runtime.metrics, timeline=runtime.timeline,
+        log_level=settings.log_level,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 from typing import Any
 
 from twisted.application.service import Service
@@ -46,3 +47,30 @@ class ListeningService(Service):
 
     def _listen(self) -> None:
         raise NotImplementedError
+
+
+#: Receive buffer asked for on every UDP socket: a boot storm's first burst (hundreds of
+#: DISCOVERs or RRQs at once) overflows Linux's default ~208 KiB and costs each dropped
+#: client a retransmission timeout (1 s or more).
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def grow_receive_buffer(sock: Any, wanted: int = UDP_RECEIVE_BUFFER) -> tuple[int, str]:
+    """Ask for a ``wanted``-byte receive buffer; returns (bytes granted, a note if short).
+
+    SO_RCVBUFFORCE passes ``net.core.rmem_max`` but needs CAP_NET_ADMIN (root at
+    start-up); otherwise SO_RCVBUF gives at most rmem_max, and the note says how
+    to raise it. The kernel reports twice the size it was given (its bookkeeping).
+    """
+    for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, wanted)
+            break
+        except OSError:
+            continue
+    granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // 2
+    if granted >= wanted:
+        return granted, ""
+    return granted, (f"receive buffer is {granted // 1024} KiB, not {wanted // 1024} KiB: a burst of "
+                     f"requests may be dropped; start as root or raise sysctl net.core.rmem_max to {wanted}")

@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from smee.dhcp.protocol import DEFAULT_LOOKUP_TIMEOUT, DHCPServerProtocol
-from smee.listen import BindError, bind_hint
+from smee.listen import BindError, bind_hint, grow_receive_buffer
 
 __all__ = ["DHCPService", "DHCPBindError", "makeService", "open_socket"]
 
@@ -55,6 +55,9 @@ def open_socket(address: tuple[str, int], iface: str = "") -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        _, short = grow_receive_buffer(sock)
+        if short:
+            log.warn("DHCP socket {where}: {note}", where=_where(address, iface), note=short)
         if iface:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.encode())

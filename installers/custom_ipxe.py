@@ -22,12 +22,13 @@ Two entry points, because the two projects put the setting in two places:
 from __future__ import annotations
 
 from installers import adopt
-from installers.registry import Context, Registry
+from installers.registry import Context, Registry, deterministic
 from installers.script import Script, ScriptError, check_url
 
 ECHO = "Loading custom Tinkerbell iPXE script..."
 
 
+@deterministic
 def hardware_script(ctx: Context) -> str:
     """Smee-HEAD's custom script from the interface's ``ipxe.url`` / ``ipxe.contents``."""
     iface = ctx.interface
@@ -45,6 +46,7 @@ def _without_shebang(script: str) -> str:
     return rest if first.strip() == "#!ipxe" else script
 
 
+@deterministic
 def os_script(ctx: Context) -> str:
     """Boots' ``custom_ipxe`` installer (see the module docstring for the sources)."""
     hw, instance = ctx.hardware, ctx.hardware.instance

@@ -28,7 +28,7 @@ import json
 import re
 
 from installers import adopt
-from installers.registry import Context, Registry
+from installers.registry import Context, Registry, deterministic
 from installers.script import Script, ScriptError, kernel_arg
 
 IGNITION_VERSION = "3.3.0"
@@ -64,10 +64,12 @@ def _script(ctx: Context, distro: str) -> str:
     return s.line("boot").text()
 
 
+@deterministic
 def flatcar(ctx: Context) -> str:
     return _script(ctx, "flatcar")
 
 
+@deterministic
 def coreos(ctx: Context) -> str:
     return _script(ctx, "coreos")
 

@@ -21,10 +21,11 @@ phone-home block: smee has no phone-home endpoint.
 from __future__ import annotations
 
 from installers import adopt
-from installers.registry import Context, Registry
+from installers.registry import Context, Registry, deterministic
 from installers.script import Script, check_name, kernel_arg
 
 
+@deterministic
 def nixos(ctx: Context) -> str:
     os_ = ctx.os
     slug = check_name("operating_system.slug", os_.slug or "nixos")

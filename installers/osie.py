@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 
 from installers import adopt
-from installers.registry import Context, Registry, ScriptSettings
+from installers.registry import Context, Registry, ScriptSettings, deterministic
 from installers.script import Script, ScriptError, check_arg, check_name, kernel_arg
 
 _VLAN = re.compile(r"[0-9]{1,4}")
@@ -56,6 +56,7 @@ def consoles(ctx: Context) -> list[str]:
     return ["console=tty0", f"console={own or 'ttyS1,115200'}"]
 
 
+@deterministic
 def hook(ctx: Context) -> str:
     """Smee-HEAD's Hook script for ``ctx``'s machine."""
     settings, iface = ctx.settings, ctx.interface

@@ -19,7 +19,7 @@ them. No phone-home block: smee has no phone-home endpoint.
 from __future__ import annotations
 
 from installers import adopt
-from installers.registry import Context, Registry
+from installers.registry import Context, Registry, deterministic
 from installers.script import Script, check_url, kernel_arg
 
 RELEASES = "http://releases.rancher.com/os/packet"
@@ -27,6 +27,7 @@ RELEASES = "http://releases.rancher.com/os/packet"
 DHCP_PLANS = frozenset({"baremetal_0", "baremetal_1", "t1.small.x86", "c1.small.x86"})
 
 
+@deterministic
 def rancher(ctx: Context) -> str:
     own = ctx.data("base_url")
     base = check_url("installer_data.base_url", own).rstrip("/") if own else RELEASES

@@ -41,6 +41,8 @@ __all__ = [
     "Installer",
     "Registry",
     "ScriptSettings",
+    "deterministic",
+    "is_deterministic",
     "shell",
 ]
 
@@ -224,6 +226,27 @@ def _who(fn: Callable[..., Any]) -> str:
     return f"{module}.{name}"
 
 
+#: The attribute :func:`deterministic` sets on an installer.
+_DETERMINISTIC = "smee_deterministic"
+
+
+def deterministic(fn: Installer) -> Installer:
+    """Mark an installer whose script depends on nothing but its :class:`Context`.
+
+    No clock, no randomness, no I/O, no state: the same (unchanged) hardware
+    record, interface and settings always give the same text, so a server may
+    reuse the text it wrote for them (:meth:`Registry.render_reusable`).
+    Every built-in installer is marked; a plugin's is only if it says so.
+    """
+    setattr(fn, _DETERMINISTIC, True)
+    return fn
+
+
+def is_deterministic(fn: Callable[..., Any]) -> bool:
+    return getattr(fn, _DETERMINISTIC, False) is True
+
+
+@deterministic
 def shell(ctx: Context) -> str:
     """Nothing applies: drop to the iPXE shell so someone at the console can look."""
     return Script().echo("smee: no installer applies to this machine").line("shell").text()
@@ -244,6 +267,8 @@ class Registry:
         self._default: Installer | None = None
         self._assets: dict[str, Asset] = {}
         self.loaded: set[str] = set()
+        #: bumped by every registration: which installer a record resolves to may have changed
+        self.generation = 0
 
     def _add(self, kind: str, name: str, fn: Installer) -> None:
         if not isinstance(name, str) or not name:
@@ -254,6 +279,7 @@ class Registry:
                 f"{kind} {name!r} is registered twice: by {_who(table[name])} and by {_who(fn)}"
             )
         table[name] = fn
+        self.generation += 1
 
     def register_slug(self, name: str, fn: Installer) -> None:
         self._add("slug", name, fn)
@@ -271,6 +297,7 @@ class Registry:
                 f"the default installer is registered twice: by {_who(self._default)} and by {_who(fn)}"
             )
         self._default = fn
+        self.generation += 1
 
     def register_asset(self, path: str, fn: Asset) -> None:
         """An extra URL an installer's script fetches, e.g. ``/vmware/ks-esxi.cfg``."""
@@ -281,6 +308,7 @@ class Registry:
                 f"asset {path!r} is registered twice: by {_who(self._assets[path])} and by {_who(fn)}"
             )
         self._assets[path] = fn
+        self.generation += 1
 
     def update(self, other: Registry) -> None:
         """Add everything ``other`` holds, or nothing if any name is already taken.
@@ -303,6 +331,7 @@ class Registry:
             self._default = other._default
         self._assets.update(other._assets)
         self.loaded |= other.loaded
+        self.generation += 1
 
     def names(self, kind: str) -> list[str]:
         """Registered names of one kind (``installer``, ``slug``, ``distro``), sorted."""
@@ -344,11 +373,17 @@ class Registry:
 
     def render(self, ctx: Context) -> str:
         """The script for ``ctx``; :class:`ScriptError` propagates (the route answers 500)."""
+        return self.render_reusable(ctx)[0]
+
+    def render_reusable(self, ctx: Context) -> tuple[str, bool]:
+        """The script for ``ctx``, and whether the installer that wrote it is
+        :func:`deterministic` (the text may be reused for the same, unchanged
+        ``ctx`` objects while :attr:`generation` stays the same)."""
         _how, fn = self.resolve(ctx.hardware, ctx.interface)
         text = fn(ctx)
         if not text.startswith("#!ipxe") or not text.endswith("\n"):
             raise ScriptError(f"installer {_who(fn)} returned a script without '#!ipxe' or the final newline")
-        return text
+        return text, is_deterministic(fn)
 
     def asset(self, path: str) -> Asset | None:
         return self._assets.get(path)

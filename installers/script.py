@@ -69,11 +69,12 @@ def check_value(what: str, value: str) -> str:
     """
     if not isinstance(value, str):
         raise _reject(what, value, f"is a {type(value).__name__}, not text")
-    for ch in value:
-        if not " " <= ch <= "~":
-            raise _reject(
-                what, value, f"contains U+{ord(ch):04X} (only printable ASCII may appear in a boot script)"
-            )
+    # For ASCII text, isprintable() is exactly " " <= ch <= "~" for every character.
+    if not (value.isascii() and value.isprintable()):
+        ch = next(ch for ch in value if not " " <= ch <= "~")
+        raise _reject(
+            what, value, f"contains U+{ord(ch):04X} (only printable ASCII may appear in a boot script)"
+        )
     if "${" in value:
         raise _reject(what, value, "contains '${' (iPXE would expand it as a setting)")
     if "\\" in value:
@@ -93,7 +94,8 @@ def check_arg(what: str, value: str) -> str:
     there is no syslog server).
     """
     check_value(what, value)
-    if any(ch.isspace() for ch in value):
+    # check_value allowed only printable ASCII, whose one whitespace character is " ".
+    if " " in value:
         raise _reject(what, value, "contains whitespace (it must be one kernel argument)")
     if '"' in value or "'" in value:
         raise _reject(what, value, "contains a quote character (kernel command-line quoting)")
@@ -153,7 +155,8 @@ def _text(value: str | int | bool) -> str:
 
 def _token(what: str, value: str) -> str:
     """A structural guard for tokens the installer code assembled itself."""
-    if not value or any(ch.isspace() for ch in value) or not value.isprintable():
+    # split() and isspace() agree on what whitespace is: one piece means none.
+    if not value or value.split() != [value] or not value.isprintable():
         raise ScriptError(f"{what}: {value!r} is not a single script token")
     return value
 

@@ -31,7 +31,7 @@ import re
 import secrets
 
 from installers import adopt
-from installers.registry import Context, Registry
+from installers.registry import Context, Registry, deterministic
 from installers.script import Script, ScriptError, check_arg, check_name, kernel_arg
 
 KICKSTART_PATH = "/vmware/ks-esxi.cfg"
@@ -68,6 +68,7 @@ def _script(ctx: Context, directory: str) -> str:
     return s.line("boot").text()
 
 
+@deterministic
 def esxi(ctx: Context) -> str:
     """The ESXi installer for the slug's version (falls back like :func:`distro`)."""
     directory = VERSIONS.get(ctx.os.slug)
@@ -76,6 +77,7 @@ def esxi(ctx: Context) -> str:
     return _script(ctx, directory)
 
 
+@deterministic
 def distro(ctx: Context) -> str:
     """Distro ``vmware``: ``esxi-<operating_system.version>``, or the shell."""
     version = ctx.os.version

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 from fakes import FakeBackend, formatted, hardware
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
 from installers import load
-from installers.registry import Context, Registry, ScriptSettings
+from installers.registry import Context, Registry, ScriptSettings, deterministic
 from installers.script import ScriptError
 from smee.backends import LookupFailed
 from smee.dhcp.policy import DHCPConfig
@@ -307,6 +307,66 @@ def test_custom_ipxe_vector_with_the_real_registry() -> None:
     assert (r.code, r.text) == (200, expected)
     assert server.fetch("/52:54:00:aa:88:2b/auto.ipxe").code == 404
     assert server.fetch("/foo").code == 404
+
+
+class Counting:
+    """A default installer that counts its calls and writes the call number into the script."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, ctx: Context) -> str:
+        self.calls += 1
+        return f"#!ipxe\necho {ctx.hardware.facility or 'none'} call {self.calls}\n"
+
+
+def test_script_is_reused_for_the_same_record_and_rendered_afresh_when_it_changes() -> None:
+    installer = Counting()
+    registry = Registry()
+    registry.register_default(deterministic(installer))
+    server = Server(installers=registry)
+    first = known(server)
+    assert server.fetch(f"/{MAC}/auto.ipxe").text == "#!ipxe\necho none call 1\n"
+    assert server.fetch(f"/{MAC}/auto.ipxe").text == "#!ipxe\necho none call 1\n"
+    assert server.fetch("/auto.ipxe", client=IP).text == "#!ipxe\necho none call 1\n"
+    assert installer.calls == 1
+    # A reload gives new objects: even an equal record is rendered again, a changed one shows its change.
+    server.backend.add(hardware(MAC, IP, allow_pxe=True, source="hw.yaml:3"))
+    assert server.fetch(f"/{MAC}/auto.ipxe").text == "#!ipxe\necho none call 2\n"
+    changed = first._replace(hardware=replace(first.hardware, facility="lab2"))
+    server.backend.add(changed)
+    assert server.fetch(f"/{MAC}/auto.ipxe").text == "#!ipxe\necho lab2 call 3\n"
+    # A new registration may change which installer a record gets.
+    registry.register_distro("other", deterministic(Counting()))
+    assert server.fetch(f"/{MAC}/auto.ipxe").text == "#!ipxe\necho lab2 call 4\n"
+    assert installer.calls == 4
+
+
+def test_script_of_an_unmarked_installer_is_rendered_every_time() -> None:
+    installer = Counting()
+    registry = Registry()
+    registry.register_default(installer)
+    server = Server(installers=registry)
+    known(server)
+    assert server.fetch(f"/{MAC}/auto.ipxe").text == "#!ipxe\necho none call 1\n"
+    assert server.fetch(f"/{MAC}/auto.ipxe").text == "#!ipxe\necho none call 2\n"
+
+
+def test_script_error_is_not_kept() -> None:
+    registry = Registry()
+    calls = []
+
+    @deterministic
+    def broken(ctx: Context) -> str:
+        calls.append(ctx)
+        raise ScriptError("facility: bad")
+
+    registry.register_default(broken)
+    server = Server(installers=registry)
+    known(server)
+    assert server.fetch(f"/{MAC}/auto.ipxe").code == 500
+    assert server.fetch(f"/{MAC}/auto.ipxe").code == 500
+    assert len(calls) == 2
 
 
 def test_real_registry_bad_custom_url_is_500() -> None:
@@ -632,6 +692,25 @@ def test_access_log_one_line_per_request() -> None:
     assert nope["code"] == 404 and nope["log_level"] == LogLevel.info
 
 
+def test_access_log_below_the_log_level_is_not_built_but_counted() -> None:
+    """With --log-level=warn the info/debug access lines are skipped (smee's observer
+    would drop them); 5xx lines (warn) still come, and every request is counted."""
+    server = Server(log_level="warn")
+    known(server)
+    other = "52:54:00:00:00:99"
+    server.backend.set(other, LookupFailed("two records claim it"))
+    with capturedLogs() as events:
+        assert server.fetch(f"/{MAC}/auto.ipxe").code == 200
+        assert server.fetch("/healthcheck").code == 200
+        assert server.fetch(f"/{other}/auto.ipxe").code == 503
+    lines = [e for e in events if e.get("log_namespace") == "smee.http" and "code" in e]
+    assert [(e["code"], e["log_level"]) for e in lines] == [(503, LogLevel.warn)]
+    text = generate_latest(server.metrics).decode()
+    assert 'http_requests_total{code="200",route="auto.ipxe"} 1.0' in text
+    assert 'http_requests_total{code="200",route="healthcheck"} 1.0' in text
+    assert 'http_requests_total{code="503",route="auto.ipxe"} 1.0' in text
+
+
 def test_access_log_duration_from_the_clock() -> None:
     server = Server()
     slow: defer.Deferred[Any] = defer.Deferred()
@@ -683,7 +762,7 @@ def test_config_from_settings() -> None:
     c = HTTPConfig.from_settings(settings, "dhcp", "script")
     assert c == replace(
         HTTPConfig(), binaries_enabled=False, mode="proxy", trusted_proxies=(IPv4Network("10.0.0.0/8"),),
-        dhcp="dhcp", script="script",
+        dhcp="dhcp", script="script", log_level="info",
     )
 
 

@@ -9,6 +9,7 @@ variable is smee's base URL, ``http://127.0.0.1`` here.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from installers.registry import (
     DuplicateInstaller,
     Registry,
     ScriptSettings,
+    deterministic,
+    is_deterministic,
     shell,
 )
 from installers.script import (
@@ -923,3 +926,46 @@ def test_static_script_rejects_unsafe_settings() -> None:
 
     with pytest.raises(ScriptError):
         static_script(script_settings(extra_kernel_args=("a ${x}",)))
+
+
+# --- reuse of rendered scripts ---
+
+
+def test_every_builtin_script_installer_is_deterministic(reg: Registry) -> None:
+    """The HTTP server reuses their scripts for unchanged records (smee.http.app IPXEApp._render)."""
+    fns = [reg.default, shell, hardware_script]
+    fns += [reg._by[kind][name] for kind in ("installer", "slug", "distro") for name in reg.names(kind)]
+    assert fns and all(is_deterministic(fn) for fn in fns), [fn for fn in fns if not is_deterministic(fn)]
+
+
+def test_render_reusable_says_whether_the_installer_is_deterministic() -> None:
+    r = Registry()
+    r.register_default(lambda c: "#!ipxe\n")
+    assert r.render_reusable(ctx(machine())) == ("#!ipxe\n", False)
+    r.register_distro("d", deterministic(lambda c: "#!ipxe\necho d\n"))
+    hw = machine(inst=instance(distro="d"))
+    assert r.render_reusable(ctx(hw)) == ("#!ipxe\necho d\n", True)
+    assert r.render(ctx(hw)) == "#!ipxe\necho d\n"
+
+
+def test_generation_changes_with_every_registration() -> None:
+    r = Registry()
+    seen = {r.generation}
+    r.register_default(shell)
+    seen.add(r.generation)
+    r.register_slug("s", shell)
+    seen.add(r.generation)
+    r.register_asset("/a", lambda c: ("text/plain", b""))
+    seen.add(r.generation)
+    other = Registry()
+    other.register_distro("d", shell)
+    r.update(other)
+    seen.add(r.generation)
+    assert len(seen) == 5
+
+
+def test_check_value_rejects_the_first_non_printable_character() -> None:
+    for bad, code in (("a\tb", "U+0009"), ("caf\u00e9", "U+00E9"), ("x\x7f", "U+007F"), ("\u2028", "U+2028")):
+        with pytest.raises(ScriptError, match=re.escape(code)):
+            check_value("f", bad)
+    assert check_value("f", " ~printable ascii~ ") == " ~printable ascii~ "

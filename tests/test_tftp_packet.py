@@ -25,6 +25,7 @@ from smee.tftp.packet import (
     OAck,
     Request,
     TFTPParseError,
+    ack_block,
     encode_ack,
     encode_data,
     encode_error,
@@ -214,3 +215,19 @@ _text = st.text(st.characters(min_codepoint=1, max_codepoint=255), min_size=1, m
 )
 def test_request_round_trip_property(opcode: int, filename: str, mode: str, options: dict[str, str]) -> None:
     assert parse(encode_request(opcode, filename, mode, options)) == Request(opcode, filename, mode, options)
+
+
+@given(st.binary(max_size=6))
+def test_ack_block_is_parse_for_acks_only(datagram: bytes) -> None:
+    """The transfer ports' shortcut agrees with parse: a number exactly when parse gives an Ack."""
+    try:
+        packet = parse(datagram)
+    except TFTPParseError:
+        packet = None
+    expected = packet.block if isinstance(packet, Ack) else None
+    assert ack_block(datagram) == expected
+
+
+def test_ack_block_of_encode_ack() -> None:
+    assert [ack_block(encode_ack(n)) for n in (0, 1, 255, 256, 65535, 65536)] == [0, 1, 255, 256, 65535, 0]
+    assert ack_block(encode_data(1, b"")) is None

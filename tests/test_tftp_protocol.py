@@ -38,7 +38,7 @@ from smee.tftp.packet import (
     encode_request,
     parse,
 )
-from smee.tftp.protocol import AUTOEXEC, TFTPConfig, TFTPServerProtocol
+from smee.tftp.protocol import AUTOEXEC, SessionProtocol, TFTPConfig, TFTPServerProtocol
 from smee.tftp.service import (
     TFTPBindError,
     TFTPService,
@@ -706,3 +706,77 @@ def test_make_service_from_settings(tmp_path: Any) -> None:
         "auto-proxy", 1468, True, 2.0, 3, 7)
     assert c.ipxe_dir == str(tmp_path) and c.dhcp.tftp_port == 69
     assert svc.binaries.get("ipxe.efi") == b"efi"
+
+
+# --- the send fast path ---
+
+
+class _Socket:
+    """A socket whose sendto records, or raises ``error``."""
+
+    def __init__(self, error: OSError | None = None) -> None:
+        self.error = error
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        if self.error is not None:
+            raise self.error
+        self.sent.append((data, addr))
+        return len(data)
+
+
+class _Port:
+    """A UDP transport with a real-looking ``socket``; ``write`` is Twisted's slow path."""
+
+    def __init__(self, sock: _Socket) -> None:
+        self.socket = sock
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((data, addr))
+
+
+def test_session_port_sends_straight_to_the_socket() -> None:
+    client = ("192.0.2.10", 2000)
+    protocol = SessionProtocol(client, "snp.efi")
+    port = _Port(_Socket())
+    protocol.makeConnection(port)
+    protocol.send(b"\x00\x03\x00\x01x")
+    assert port.socket.sent == [(b"\x00\x03\x00\x01x", client)] and port.written == []
+    protocol.doStop()  # the port closed: nothing more goes out
+    protocol.send(b"late")
+    assert len(port.socket.sent) == 1 and port.written == []
+
+
+def test_session_port_leaves_send_errors_to_the_port() -> None:
+    """An OSError from the socket goes through Port.write, which handles it as it always has."""
+    client = ("192.0.2.10", 2000)
+    protocol = SessionProtocol(client, "snp.efi")
+    port = _Port(_Socket(OSError(errno.EAGAIN, "busy")))
+    protocol.makeConnection(port)
+    protocol.send(b"data")
+    assert port.written == [(b"data", client)]
+
+
+def test_session_port_acks_reach_the_session_without_parsing() -> None:
+    client = ("192.0.2.10", 2000)
+    protocol = SessionProtocol(client, "snp.efi")
+    protocol.makeConnection(_Port(_Socket()))
+
+    class Session:
+        def __init__(self) -> None:
+            self.acks: list[int] = []
+            self.packets: list[Any] = []
+
+        def ack(self, block: int) -> None:
+            self.acks.append(block)
+
+        def received(self, packet: Any) -> None:
+            self.packets.append(packet)
+
+    session = protocol.session = Session()
+    protocol.datagramReceived(encode_ack(7), client)
+    protocol.datagramReceived(encode_error(0, "bye"), client)
+    protocol.datagramReceived(encode_ack(8), ("192.0.2.99", 2000))  # a stranger: ERROR 5, not an ACK
+    assert session.acks == [7]
+    assert [type(p).__name__ for p in session.packets] == ["Error"]

@@ -360,6 +360,51 @@ def test_last_window_is_short() -> None:
     assert h.outcomes == [("complete", "")] and h.idle()
 
 
+def test_ack_by_number_is_received_ack() -> None:
+    """session.ack(n) (the transfer port's shortcut) does what received(Ack(n)) does."""
+    h = Harness(bytes(5 * 512 + 100), plain(windowsize=4))
+    h.session.start()
+    assert h.blocks() == [1, 2, 3, 4]
+    h.session.ack(4)
+    assert h.blocks() == [5, 6]
+    h.session.ack(6)
+    assert h.outcomes == [("complete", "")] and h.idle()
+    h.session.ack(6)  # after the end: ignored
+    assert h.take() == [] and h.outcomes == [("complete", "")]
+
+
+@pytest.mark.parametrize("size", [0, 100, 512, 5 * 512, 5 * 512 + 100])
+def test_byte_and_block_counters(size: int) -> None:
+    h = Harness(bytes(size), plain(windowsize=4))
+    h.session.start()
+    h.clock.advance(TIMEOUT)  # one retransmission of the first window, counted too
+    block = 0
+    while not h.outcomes:
+        block = min(block + 4, size // 512 + 1)
+        h.take()
+        h.session.ack(block)
+    first_window = min(4, size // 512 + 1)
+    assert h.session.blocks_sent == size // 512 + 1 + first_window
+    assert h.session.bytes_sent == size + min(size, first_window * 512)
+
+
+def test_send_that_raises_counts_what_went_out_and_keeps_the_timer() -> None:
+    sent: list[bytes] = []
+
+    def send(datagram: bytes) -> None:
+        if len(sent) == 6:
+            raise OSError("buffer full")
+        sent.append(datagram)
+
+    clock = Clock()
+    session = ReadSession(bytes(10 * 512), plain(windowsize=4), send, clock)
+    session.start()
+    with pytest.raises(OSError):
+        session.received(Ack(4))
+    assert session.blocks_sent == 6 and session.bytes_sent == 6 * 512
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [TIMEOUT]  # reset despite the error
+
+
 # --- loss and retransmission --------------------------------------------------------------------
 
 

@@ -80,6 +80,8 @@ DEFAULT_LOOKUP_TIMEOUT = 3.0
 
 #: The script file name, as Smee matches it (the path's last element).
 SCRIPT_NAME = "auto.ipxe"
+#: Rendered scripts kept for reuse (one per machine interface that asked, oldest dropped first).
+SCRIPTS_KEPT = 4096
 
 _TEXT = b"text/plain; charset=utf-8"
 _BINARY = b"application/octet-stream"
@@ -130,6 +132,8 @@ class HTTPConfig:
     dhcp: Any = None
     #: installers.registry.ScriptSettings, checked once at start-up
     script: Any = None
+    #: --log-level: access lines below it are not even built (smee's observer would drop them)
+    log_level: str = "debug"
 
     @classmethod
     def from_settings(cls, settings: Any, dhcp: Any, script: Any) -> HTTPConfig:
@@ -140,6 +144,7 @@ class HTTPConfig:
             trusted_proxies=tuple(settings.trusted_proxies),
             dhcp=dhcp,
             script=script,
+            log_level=str(getattr(settings, "log_level", "debug") or "debug"),
         )
 
 
@@ -218,6 +223,9 @@ class _Blob:
 
 #: The request attribute the app leaves its notes on for the access log line.
 _NOTE = "_smee_access"
+#: Log levels in order, for the access log's --log-level gate.
+_PRIORITY: Final = {level: i for i, level in enumerate(
+    (LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical))}
 
 
 def _note(request: Any, reason: str, level: LogLevel | None = None, **fields: Any) -> None:
@@ -240,12 +248,14 @@ class AccessLog(Resource):
     isLeaf = True
 
     def __init__(self, wrapped: Resource, clock: Any, client_of: Callable[[Any], str],
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, min_level: str = "debug") -> None:
         super().__init__()
         self._metrics = metrics
         self._wrapped = wrapped
         self._clock = clock
         self._client_of = client_of
+        #: lines below this priority (--log-level) are never built: nothing would write them
+        self._min_priority = _PRIORITY[LogLevel.levelWithName(min_level)]
 
     def render(self, request: Any) -> Any:
         started = self._clock.seconds()
@@ -273,6 +283,8 @@ class AccessLog(Resource):
             level = LogLevel.debug
         else:
             level = LogLevel.info
+        if _PRIORITY.get(level, 0) < self._min_priority:
+            return
         peer = _peer(request)
         client = self._client_of(request)
         uri = request.uri[:_MAX_LOGGED_URI].decode("ascii", "backslashreplace")
@@ -372,6 +384,8 @@ class IPXEApp:
         self._available = sorted(binaries.available())
         self._autoexec: _Blob | None = None
         self._autoexec_error = ""
+        #: (id(hardware), id(interface)) → (hardware, interface, registry generation, script); see _render
+        self._scripts: dict[tuple[int, int], tuple[Any, Any, Any, bytes]] = {}
         if config.mode != "reservation" and config.dhcp is not None:
             # Proxy modes do not look the client up, so the script is the same for everyone.
             try:
@@ -382,7 +396,7 @@ class IPXEApp:
 
     def resource(self) -> Resource:
         """The root resource for a twisted.web Site: the routes behind the access log."""
-        return AccessLog(self.app.resource(), self.clock, self.client, self.metrics)
+        return AccessLog(self.app.resource(), self.clock, self.client, self.metrics, self.config.log_level)
 
     def client(self, request: Any) -> str:
         """The address of the machine that made ``request`` (X-Forwarded-For through trusted proxies)."""
@@ -601,10 +615,10 @@ class IPXEApp:
             return self._refuse(request, refused)
         assert match is not None
         hw, iface = match.hardware, match.interface
-        where = f"hardware {hw.id}" + (f" ({hw.source})" if hw.source else "")
         try:
-            text = self.installers.render(Context(hw, iface, self.config.script))
+            body = self._render(hw, iface)
         except ValueError as e:  # installers.script.ScriptError: bad data in the record
+            where = f"hardware {hw.id}" + (f" ({hw.source})" if hw.source else "")
             return self._refuse(request, _Refused(
                 500, _ipxe_message(f"cannot write the boot script for {iface.mac}, see the smee log"),
                 f"cannot write the script for {iface.mac}, {where}: {e}", LogLevel.error,
@@ -613,7 +627,37 @@ class IPXEApp:
         _note(request, f"script for {iface.mac} ({what})", mac=iface.mac, hardware=hw.id)
         if self.timeline is not None:
             self.timeline.seen(iface.mac, "script", hardware=hw.id)
-        return self._respond(request, 200, text.encode("utf-8"))
+        return self._respond(request, 200, body)
+
+    def _render(self, hw: Any, iface: Any) -> bytes:
+        """The script for this machine and interface, reused while nothing it depends on changed.
+
+        Reuse is exact, not a guess: the text is a function of the Hardware
+        and Interface objects (frozen, all the way down), the script settings
+        (fixed for this app) and the installer, and only installers marked
+        :func:`installers.registry.deterministic` are reused, while the
+        registry's ``generation`` is unchanged. Entries are found by the
+        objects' identity and hold the objects themselves, so an id is never
+        reused while its entry exists; a reloaded record is a new object and
+        is rendered afresh. Registries without ``render_reusable`` (test
+        doubles, other implementations) are asked every time.
+        """
+        key = (id(hw), id(iface))
+        generation = getattr(self.installers, "generation", None)
+        hit = self._scripts.get(key)
+        if hit is not None and hit[0] is hw and hit[1] is iface and hit[2] == generation:
+            return hit[3]
+        ctx = Context(hw, iface, self.config.script)
+        render_reusable = getattr(self.installers, "render_reusable", None)
+        if render_reusable is None or generation is None:
+            return self.installers.render(ctx).encode("utf-8")
+        text, reusable = render_reusable(ctx)
+        body = text.encode("utf-8")
+        if reusable:
+            if len(self._scripts) >= SCRIPTS_KEPT:
+                del self._scripts[next(iter(self._scripts))]  # the oldest entry
+            self._scripts[key] = (hw, iface, generation, body)
+        return body
 
     async def _asset(self, request: Any, path: str, asset: Any) -> bytes:
         setattr(request, _ROUTE, "asset")

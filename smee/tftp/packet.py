@@ -136,6 +136,17 @@ def parse(datagram: bytes) -> Packet:
     raise TFTPParseError(f"unknown opcode {opcode}")
 
 
+def ack_block(datagram: bytes) -> int | None:
+    """The block number of a well-formed ACK, None for any other datagram.
+
+    The one packet a transfer receives per window, decoded without building
+    an :class:`Ack`; exactly what :func:`parse` would accept as an ACK.
+    """
+    if len(datagram) == 4 and datagram[0] == 0 and datagram[1] == ACK:
+        return (datagram[2] << 8) | datagram[3]
+    return None
+
+
 def encode_data(block: int, payload: bytes | memoryview) -> bytes:
     """DATA; ``block`` is taken modulo 65536 (rollover). ``payload`` may be a
     memoryview slice of the file, so the datagram is the only copy made."""

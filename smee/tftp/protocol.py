@@ -60,6 +60,7 @@ from smee.tftp.packet import (
     Error,
     Request,
     TFTPParseError,
+    ack_block,
     encode_error,
     parse,
 )
@@ -133,6 +134,13 @@ def _client(addr: tuple[str, int]) -> str:
     return f"{addr[0]}:{addr[1]}"
 
 
+def _sendto_of(transport: Any) -> Callable[[bytes, tuple[str, int]], Any] | None:
+    """The ``sendto`` of a real UDP port's socket; None for anything else (test transports)."""
+    sock = getattr(transport, "socket", None)
+    sendto = getattr(sock, "sendto", None)
+    return sendto if callable(sendto) else None
+
+
 class _Transfer:
     """One read request from its RRQ until it is refused, finished or stopped.
 
@@ -176,14 +184,41 @@ class SessionProtocol(DatagramProtocol):
         self.client = client
         self.name = name
         self.session: Any = None
+        #: the port's ``socket.sendto`` while it listens (see :meth:`send`)
+        self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
+
+    def startProtocol(self) -> None:
+        self._sendto = _sendto_of(self.transport)
+
+    def stopProtocol(self) -> None:
+        self._sendto = None
 
     def send(self, data: bytes) -> None:
-        """The session's ``send``: every packet goes to the client's TID."""
+        """The session's ``send``: every packet goes to the client's TID.
+
+        Straight to the socket: the client's address came from the socket
+        itself, so the checks ``Port.write`` makes on every datagram are
+        moot. Any error is left to ``Port.write``, which retries the send and
+        handles it exactly as it always has.
+        """
+        sendto = self._sendto
+        if sendto is not None:
+            try:
+                sendto(data, self.client)
+                return
+            except OSError:
+                pass
         if self.transport is not None:
             self.transport.write(data, self.client)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
         try:
+            if addr == self.client and self.session is not None:
+                # The packet of every window: decoded without a packet object.
+                block = ack_block(data)
+                if block is not None:
+                    self.session.ack(block)
+                    return
             if (addr[0], addr[1]) != self.client:
                 log.debug(
                     "{file} to {client}: ERROR 5 to stranger {src}",
@@ -260,6 +295,8 @@ class TFTPServerProtocol(DatagramProtocol):
         self._transfers: set[_Transfer] = set()
         #: single-port mode only: the transfer of each client (ip, port)
         self._by_client: dict[tuple[str, int], _Transfer] = {}
+        #: the listening socket's ``sendto`` while it listens (see :meth:`_send`)
+        self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
 
     # --- introspection (tests, health) ---------------------------------------
 
@@ -280,6 +317,7 @@ class TFTPServerProtocol(DatagramProtocol):
 
     def stopProtocol(self) -> None:
         """Stop every transfer: lookups are cancelled, sessions stopped, their ports closed."""
+        self._sendto = None
         self.stopTransfers()
 
     def stopTransfers(self) -> None:
@@ -331,7 +369,18 @@ class TFTPServerProtocol(DatagramProtocol):
 
     # --- one request ---------------------------------------------------------
 
+    def startProtocol(self) -> None:
+        self._sendto = _sendto_of(self.transport)
+
     def _send(self, data: bytes, client: tuple[str, int]) -> None:
+        """Straight to the socket when it is a real one, as :meth:`SessionProtocol.send`."""
+        sendto = self._sendto
+        if sendto is not None:
+            try:
+                sendto(data, client)
+                return
+            except OSError:
+                pass  # Port.write retries it and handles the error as it always has
         if self.transport is not None:
             self.transport.write(data, client)
 

@@ -222,6 +222,13 @@ class ReadSession:
             self._finish("client-error", packet.message)
         # Anything else is ignored: see the class docstring.
 
+    def ack(self, block: int) -> None:
+        """An ACK of wire number ``block`` from the client: what :meth:`received`
+        does with an :class:`Ack`, for a protocol that decoded it with
+        :func:`smee.tftp.packet.ack_block` (no packet object per window)."""
+        if not self.done:
+            self._ack(block)
+
     def _ack(self, block: int) -> None:
         if self._oack_pending:
             if block != 0:
@@ -245,27 +252,42 @@ class ReadSession:
     # --- output --------------------------------------------------------------
 
     def _progress(self) -> None:
-        """The client moved on: send the next window and restart the timeout."""
+        """The client moved on: send the next window and restart the timeout.
+
+        The window goes out first and the timer is reset after it (even if a
+        send raises): the client waits for the DATA, not for our bookkeeping.
+        """
         self._tries = 0
-        if self._timer is None:
+        timer = self._timer
+        if timer is None:
             self._timer = self._clock.callLater(self._timeout, self._expired)
-        else:
-            self._timer.reset(self._timeout)
-        self._send_window()
+            self._send_window()
+            return
+        try:
+            self._send_window()
+        finally:
+            timer.reset(self._timeout)
 
     def _send_window(self) -> None:
-        """(Re)send blocks _acked+1 up to a full window or the final block."""
+        """(Re)send blocks _acked+1 up to a full window or the final block.
+
+        Each payload is a slice of a memoryview of the file, so the datagram
+        built by :func:`encode_data` is the only copy; the counters are
+        updated once per window.
+        """
         first = self._acked + 1
         last = min(self._acked + self._windowsize, self._last)
         view, blksize, send = self._view, self._blksize, self._send
         self._sent = last
-        offset = (first - 1) * blksize
-        for block in range(first, last + 1):
-            payload = view[offset : offset + blksize]
-            send(encode_data(block, payload))
-            self.bytes_sent += len(payload)
-            self.blocks_sent += 1
-            offset += blksize
+        start = offset = (first - 1) * blksize
+        try:
+            for block in range(first, last + 1):
+                send(encode_data(block, view[offset : offset + blksize]))
+                offset += blksize
+        finally:
+            # What went out (up to a send that raised): start..offset, the final block possibly short.
+            self.blocks_sent += (offset - start) // blksize
+            self.bytes_sent += min(offset, len(view)) - start
 
     def _expired(self) -> None:
         """No progress for ``timeout`` seconds: resend, or give up after ``retries`` resends."""

@@ -74,3 +74,23 @@ def grow_receive_buffer(sock: Any, wanted: int = UDP_RECEIVE_BUFFER) -> tuple[in
         return granted, ""
     return granted, (f"receive buffer is {granted // 1024} KiB, not {wanted // 1024} KiB: a burst of "
                      f"requests may be dropped; start as root or raise sysctl net.core.rmem_max to {wanted}")
+
+
+#: Pending connections the HTTP port queues (Twisted's default is 50): in a boot storm hundreds of
+#: iPXE clients connect at once, and an overflow costs each one a SYN retransmission (1 s or more).
+#: The kernel caps it at net.core.somaxconn.
+TCP_LISTEN_BACKLOG = 1024
+
+
+def grow_port_buffer(port: Any, what: str, log: Any) -> int | None:
+    """:func:`grow_receive_buffer` for a listening Twisted UDP port; warns if it falls short.
+
+    Returns the granted size, or None when the port has no real socket (test reactors).
+    """
+    sock = getattr(port, "socket", None)
+    if sock is None or not hasattr(sock, "setsockopt"):
+        return None
+    granted, short = grow_receive_buffer(sock)
+    if short:
+        log.warn("{what} socket: {note}", what=what, note=short)
+    return granted

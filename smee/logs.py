@@ -266,8 +266,13 @@ class SmeeObserver:
         self._lock = threading.RLock()
 
     def __call__(self, event: Mapping[str, Any]) -> None:
+        threshold = _PRIORITY[self.level]
+        if _PRIORITY.get(event.get("log_level", LogLevel.info), 1) < threshold:
+            # Below the threshold already; demotion only lowers a level, so there is
+            # no need to format the text (Twisted's per-port lines) to decide.
+            return
         level = self.level_of(event)
-        if _PRIORITY.get(level, 1) < _PRIORITY[self.level]:
+        if _PRIORITY.get(level, 1) < threshold:
             return
         if not self.limiter.allow(event, level):
             return

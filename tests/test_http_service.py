@@ -23,6 +23,7 @@ from twisted.web.client import HTTPConnectionPool
 from installers import load
 from installers.registry import Registry
 from smee.http.app import HTTPConfig, IPXEApp
+from smee.listen import TCP_LISTEN_BACKLOG
 from smee.http.service import HTTPBindError, HTTPService, Site, makeService
 from smee.tap import Options
 from smee.tap import makeService as makeTap
@@ -129,8 +130,9 @@ def test_service_listens_in_privileged_start_only_once() -> None:
     service = HTTPService(app(reactor), reactor, ("127.0.0.1", 8080))
     service.privilegedStartService()
     service.startService()
-    [(port, factory, _backlog, interface)] = reactor.tcpServers
+    [(port, factory, backlog, interface)] = reactor.tcpServers
     assert (port, interface) == (8080, "127.0.0.1")
+    assert backlog == TCP_LISTEN_BACKLOG  # a boot storm's connections queue, not Twisted's 50
     assert isinstance(factory, Site) and factory is service.site
 
 

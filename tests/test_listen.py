@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from smee.dhcp.service import open_socket
-from smee.listen import SO_RCVBUFFORCE, UDP_RECEIVE_BUFFER, grow_receive_buffer
+from smee.listen import SO_RCVBUFFORCE, UDP_RECEIVE_BUFFER, grow_port_buffer, grow_receive_buffer
 
 
 class FakeSocket:
@@ -50,3 +50,38 @@ def test_dhcp_socket_gets_the_full_buffer_as_root() -> None:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 >= UDP_RECEIVE_BUFFER
     finally:
         sock.close()
+
+
+def test_port_without_a_real_socket_is_left_alone() -> None:
+    class Log:
+        def warn(self, *a: Any, **kw: Any) -> None:
+            raise AssertionError("no warning expected")
+
+    assert grow_port_buffer(object(), "TFTP", Log()) is None
+
+
+def test_short_buffer_on_a_port_is_logged() -> None:
+    class Port:
+        socket = FakeSocket(rmem_max=212992)
+
+    warned: list[dict[str, Any]] = []
+
+    class Log:
+        def warn(self, fmt: str, **kw: Any) -> None:
+            warned.append(kw)
+
+    assert grow_port_buffer(Port(), "TFTP", Log()) == 212992
+    assert warned and warned[0]["what"] == "TFTP" and "rmem_max" in warned[0]["note"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_RCVBUFFORCE needs root (CAP_NET_ADMIN)")
+def test_real_twisted_udp_port_gets_the_buffer() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.protocol import DatagramProtocol
+
+    port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    try:
+        granted = grow_port_buffer(port, "TFTP", None)
+        assert granted is not None and granted >= UDP_RECEIVE_BUFFER
+    finally:
+        port.stopListening()

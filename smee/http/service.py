@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from smee.http.app import HTTPConfig, IPXEApp
-from smee.listen import BindError, ListeningService, bind_hint
+from smee.listen import TCP_LISTEN_BACKLOG, BindError, ListeningService, bind_hint
 
 __all__ = ["HTTPBindError", "HTTPService", "Site", "makeService"]
 
@@ -85,7 +85,7 @@ class HTTPService(ListeningService):
     def _listen(self) -> None:
         host, number = self.address
         try:
-            self.port = self.reactor.listenTCP(number, self.site, interface=host)
+            self.port = self.reactor.listenTCP(number, self.site, backlog=TCP_LISTEN_BACKLOG, interface=host)
         except CannotListenError as e:
             error = e.socketError if isinstance(e.socketError, OSError) else OSError(str(e.socketError))
             raise _bind_error(self.address, error) from None

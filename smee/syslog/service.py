@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from smee.listen import BindError, ListeningService, bind_hint
+from smee.listen import BindError, ListeningService, bind_hint, grow_port_buffer
 from smee.syslog.parse import MAX_DATAGRAM
 from smee.syslog.protocol import DEFAULT_LOOKUP_TIMEOUT, SyslogProtocol
 
@@ -83,6 +83,7 @@ class SyslogService(ListeningService):
         except CannotListenError as e:
             error = e.socketError if isinstance(e.socketError, OSError) else OSError(str(e.socketError))
             raise _bind_error(self.address, error) from None
+        grow_port_buffer(self.port, "syslog", log)
         self.protocol = protocol
         bound = self.port.getHost()
         log.info("syslog listening on {host}:{port} (UDP)", host=bound.host, port=bound.port)

@@ -23,7 +23,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from smee import netif
-from smee.listen import BindError, ListeningService, bind_hint
+from smee.listen import BindError, ListeningService, bind_hint, grow_port_buffer
 from smee.tftp.protocol import LARGEST_BLKSIZE, TFTPConfig, TFTPServerProtocol
 
 __all__ = ["TFTPService", "TFTPBindError", "makeService", "max_blksize", "interface_for"]
@@ -202,6 +202,7 @@ class TFTPService(ListeningService):
         except CannotListenError as e:
             error = e.socketError if isinstance(e.socketError, OSError) else OSError(str(e.socketError))
             raise _bind_error(self.address, error) from None
+        grow_port_buffer(self.port, "TFTP", log)
         self.protocol = protocol
         bound = self.port.getHost()
         c = self.config

@@ -176,40 +176,26 @@ def machine() -> str:
     )
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--records", type=int, default=100_000)
-    ap.add_argument("--small", type=int, default=1_000, help="second size, to show O(1) lookups")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per child process")
-    ap.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    ap.add_argument("--no-append", action="store_true")
-    ap.add_argument("--child", nargs=5, metavar=("MODE", "A", "B", "N", "WORK"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        mode, a, b, n, work = args.child
-        print(json.dumps(child(mode, a, b, int(n), work)))
-        return 0
-
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+def measure(records: int, small: int, runs: int, timeout: float) -> list[tuple[str, str, str]]:
+    """(what, median (min–max), note) rows for ``small`` and ``records`` records, each child a fresh process."""
     rows: list[tuple[str, str, str]] = []
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryDirectory(prefix="smee-bench-") as work:
-        for n in sorted({args.small, args.records}):
+        for n in sorted({small, records}):
             a, b = Path(work, f"a-{n}.yaml"), Path(work, f"b-{n}.yaml")
             generate(a, n, "old")
             generate(b, n, "new")
             size = a.stat().st_size / 2**20
             res: dict[str, list[dict[str, float]]] = {"sync": [], "thread": []}
-            for run in range(args.runs):
+            for run in range(runs):
                 for mode in ("sync", "thread"):
                     cmd = [sys.executable, __file__, "--child", mode, str(a), str(b), str(n), work]
-                    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+                    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
                     if p.returncode != 0:
                         sys.stderr.write(p.stderr)
-                        raise SystemExit(f"child {mode} n={n} failed")
+                        raise RuntimeError(f"child {mode} n={n} failed: {p.stderr[-2000:]}")
                     res[mode].append(json.loads(p.stdout.strip().splitlines()[-1]))
-                    print(f"n={n} run {run + 1}/{args.runs} {mode}: {res[mode][-1]}", file=sys.stderr)
+                    print(f"n={n} run {run + 1}/{runs} {mode}: {res[mode][-1]}", file=sys.stderr)
             both = res["sync"] + res["thread"]
             t = res["thread"]
             s = res["sync"]
@@ -256,6 +242,26 @@ def main() -> int:
                     "IPv4Address argument; same method",
                 ),
             ]
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--small", type=int, default=1_000, help="second size, to show O(1) lookups")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per child process")
+    ap.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--child", nargs=5, metavar=("MODE", "A", "B", "N", "WORK"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        mode, a, b, n, work = args.child
+        print(json.dumps(child(mode, a, b, int(n), work)))
+        return 0
+
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = measure(args.records, args.small, args.runs, args.timeout)
     lines = [
         f"### memory_reload.py — {started}, {args.runs} runs per point",
         "",

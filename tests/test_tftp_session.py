@@ -15,6 +15,7 @@ from collections import deque
 import pytest
 from twisted.internet.task import Clock
 
+from smee.tftp.blocks import BlockCache, build_blocks
 from smee.tftp.packet import (
     ERR_ACCESS,
     ERR_OPTIONS,
@@ -745,3 +746,145 @@ def test_default_on_done_and_encoded_ack_path() -> None:
     assert session.done and clock.getDelayedCalls() == []
     assert (session.blocks_sent, session.bytes_sent) == (1, 3)
 
+
+
+# --- send_many (a window in one call: the protocol's UDP GSO hook) ------------------------------
+
+
+class ManySender:
+    """``send`` and ``send_many`` recorders: ``calls`` is one entry per call, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[bytes]]] = []
+        self.fail_many = False
+
+    def send(self, datagram: bytes) -> None:
+        self.calls.append(("send", [datagram]))
+
+    def send_many(self, datagrams: list[bytes]) -> None:
+        if self.fail_many:
+            raise OSError("buffer full")
+        self.calls.append(("many", list(datagrams)))
+
+    def blocks(self) -> list[tuple[str, list[int]]]:
+        out = [(kind, [parse(d).block for d in ds]) for kind, ds in self.calls]  # type: ignore[attr-defined]
+        self.calls.clear()
+        return out
+
+
+def test_windows_of_several_blocks_go_out_in_one_send_many_call() -> None:
+    data = blob(9 * 512 + 100)  # 10 blocks: windows 1-4, 5-8, 9-10
+    out = ManySender()
+    clock = Clock()
+    session = ReadSession(data, plain(windowsize=4), out.send, clock, send_many=out.send_many)
+    session.start()
+    assert out.blocks() == [("many", [1, 2, 3, 4])]
+    session.ack(4)
+    assert out.blocks() == [("many", [5, 6, 7, 8])]
+    session.ack(6)  # mid-window: the next window starts after 6
+    assert out.blocks() == [("many", [7, 8, 9, 10])]
+    clock.advance(TIMEOUT)  # the retransmission is a window too
+    assert out.blocks() == [("many", [7, 8, 9, 10])]
+    session.ack(9)
+    assert out.blocks() == [("send", [10])]  # a window of one block: plain send
+    session.ack(10)
+    assert session.done and session.blocks_sent == 17 and session.retransmissions == 1
+    assert session.bytes_sent == 8 * 512 + 2 * (3 * 512 + 100) + 100  # 1-8, 7-10 twice, 10 again
+
+
+def test_send_many_is_not_used_in_lockstep() -> None:
+    out = ManySender()
+    session = ReadSession(blob(1500), plain(), out.send, Clock(), send_many=out.send_many)
+    session.start()
+    for block in (1, 2, 3):
+        session.ack(block)
+    assert [kind for kind, _ in out.calls] == ["send"] * 3
+    assert session.done and session.blocks_sent == 3
+
+
+def test_send_many_that_raises_counts_nothing_and_keeps_the_timer() -> None:
+    out = ManySender()
+    clock = Clock()
+    session = ReadSession(bytes(10 * 512), plain(windowsize=4), out.send, clock, send_many=out.send_many)
+    session.start()
+    out.fail_many = True
+    with pytest.raises(OSError):
+        session.ack(4)
+    assert session.blocks_sent == 4 and session.bytes_sent == 4 * 512
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [TIMEOUT]
+    out.fail_many = False
+    clock.advance(TIMEOUT)  # the window is resent
+    assert out.blocks()[-1] == ("many", [5, 6, 7, 8])
+
+
+def test_lockstep_send_that_raises_counts_nothing_and_keeps_the_timer() -> None:
+    sent: list[bytes] = []
+    fail = [False]
+
+    def send(datagram: bytes) -> None:
+        if fail[0]:
+            raise OSError("buffer full")
+        sent.append(datagram)
+
+    clock = Clock()
+    session = ReadSession(bytes(3 * 512), plain(), send, clock)
+    session.start()
+    fail[0] = True
+    clock.advance(1.0)
+    with pytest.raises(OSError):
+        session.ack(1)
+    assert session.blocks_sent == 1 and session.bytes_sent == 512
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [1.0 + TIMEOUT]
+    fail[0] = False
+    clock.advance(TIMEOUT)
+    assert [parse(d) for d in sent] == [Data(1, bytes(512)), Data(2, bytes(512))]
+
+
+# --- blocks built once (smee.tftp.blocks) --------------------------------------------------------
+
+
+def _transfer(data: bytes, negotiated: Negotiated, **kwargs: object) -> list[bytes]:
+    """Every datagram a session sends for ``data`` to a client ACKing each window, retransmission included."""
+    out: list[bytes] = []
+    clock = Clock()
+    session = ReadSession(data, negotiated, out.append, clock,
+                          send_many=(lambda ds: out.extend(ds)), **kwargs)  # type: ignore[arg-type]
+    session.start()
+    clock.advance(TIMEOUT)  # one retransmission of the first window
+    for _ in range(10000):
+        if session.done:
+            return out
+        session.ack(parse(out[-1]).block)  # type: ignore[union-attr]
+    raise AssertionError("transfer did not end")
+
+
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 513, 4 * 512, 10 * 512 + 7])
+@pytest.mark.parametrize("windowsize", [1, 4])
+def test_prebuilt_blocks_send_exactly_what_building_sends(size: int, windowsize: int) -> None:
+    data = blob(size, seed=size)
+    negotiated = plain(windowsize=windowsize)
+    built = build_blocks(data, 512)
+    assert len(built) == size // 512 + 1
+    assert _transfer(data, negotiated, blocks=built) == _transfer(data, negotiated)
+
+
+def test_block_cache_shares_entries_and_skips_small_contents() -> None:
+    cache = BlockCache(max_bytes=1 << 20, min_size=1000)
+    data = blob(5000)
+    first = cache.blocks(data, 512)
+    assert first is not None and cache.blocks(data, 512) is first  # shared, not rebuilt
+    assert cache.blocks(data, 1024) is not first and len(cache) == 2
+    assert cache.blocks(blob(999), 512) is None and len(cache) == 2
+    assert cache.blocks(bytes(bytearray(data)), 512) is not first  # equal bytes, another object: its own entry
+
+
+def test_block_cache_is_bounded_least_recently_used_first() -> None:
+    cache = BlockCache(max_bytes=12000, min_size=1)
+    a, b, c = blob(5000, 1), blob(5000, 2), blob(5000, 3)
+    blocks_a = cache.blocks(a, 512)
+    cache.blocks(b, 512)
+    assert cache.blocks(a, 512) is blocks_a  # a used last: b goes first
+    cache.blocks(c, 512)
+    assert len(cache) == 2 and cache.size <= 12000
+    assert cache.blocks(a, 512) is blocks_a
+    assert cache.blocks(blob(20000), 512) is None  # larger than the whole cache: never kept

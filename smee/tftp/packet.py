@@ -13,8 +13,9 @@ options (or long paths) exceed it, and other servers accept them.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 
@@ -145,6 +146,11 @@ def ack_block(datagram: bytes) -> int | None:
     if len(datagram) == 4 and datagram[0] == 0 and datagram[1] == ACK:
         return (datagram[2] << 8) | datagram[3]
     return None
+
+
+#: ``data_header(block)``: the 4 bytes before a DATA payload, ``block`` already
+#: taken modulo 65536 by the caller (a C call, for the per-block paths).
+data_header: Callable[[int], bytes] = partial(_HEADER.pack, DATA)
 
 
 def encode_data(block: int, payload: bytes | memoryview) -> bytes:

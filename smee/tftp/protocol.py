@@ -16,7 +16,10 @@ Two ways to carry a transfer, chosen by ``--tftp-single-port``:
   socket, so ``--tftp-addr`` should be a real address, as Smee's
   ``<public-ip>`` default is). The port is not ``connect()``-ed, so a packet
   from another TID still arrives and can be answered with ERROR 5 as RFC 1350
-  asks, without disturbing the transfer.
+  asks, without disturbing the transfer. Under the epoll reactor these
+  sockets are read by one :class:`smee.tftp.mux.TransferMux` (one reactor
+  event for every ACK that is in, no failing read per wake-up), and a window
+  of DATA goes out in one UDP GSO send (:mod:`smee.tftp.gso`).
 * **single port** (Smee's behaviour, for clients behind NAT): every packet
   goes through the listening port, and transfers are told apart by the
   client's (ip, port). A new RRQ from the same (ip, port) replaces the
@@ -37,6 +40,7 @@ Nothing that arrives on the wire and nothing a backend does makes
 
 from __future__ import annotations
 
+
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any, Callable
@@ -50,7 +54,12 @@ from twisted.python.failure import Failure
 
 from smee.backends import LookupFailed
 from smee.tftp import files as _files
+from smee.tftp.blocks import BlockCache
+from smee.tftp.gso import GSOUnavailable, send_segments
+from smee.tftp.mux import TransferMux
+from smee.tftp.mux import supported as _mux_supported
 from smee.tftp.packet import (
+    ACK,
     ERR_ACCESS,
     ERR_NOT_FOUND,
     ERR_UNDEFINED,
@@ -60,7 +69,6 @@ from smee.tftp.packet import (
     Error,
     Request,
     TFTPParseError,
-    ack_block,
     encode_error,
     parse,
 )
@@ -176,22 +184,30 @@ class SessionProtocol(DatagramProtocol):
 
     A packet from any other (ip, port) gets ERROR 5 and is otherwise
     ignored, so a stray or spoofed packet cannot end someone's transfer.
+    The transport is a Twisted UDP port or a :class:`smee.tftp.mux.MuxPort`.
     """
 
     noisy = False
 
-    def __init__(self, client: tuple[str, int], name: str) -> None:
+    def __init__(self, client: tuple[str, int], name: str, shared: Callable[[], bool] = lambda: True) -> None:
         self.client = client
         self.name = name
+        #: whether other transfers share the server now (see :meth:`send_many`)
+        self.shared = shared
         self.session: Any = None
         #: the port's ``socket.sendto`` while it listens (see :meth:`send`)
         self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
+        #: the port's ``socket.sendmsg`` while it listens and UDP GSO works on it
+        self._sendmsg: Callable[..., Any] | None = None
 
     def startProtocol(self) -> None:
         self._sendto = _sendto_of(self.transport)
+        sendmsg = getattr(getattr(self.transport, "socket", None), "sendmsg", None)
+        self._sendmsg = sendmsg if callable(sendmsg) and self._sendto is not None else None
 
     def stopProtocol(self) -> None:
         self._sendto = None
+        self._sendmsg = None
 
     def send(self, data: bytes) -> None:
         """The session's ``send``: every packet goes to the client's TID.
@@ -211,14 +227,42 @@ class SessionProtocol(DatagramProtocol):
         if self.transport is not None:
             self.transport.write(data, self.client)
 
+    def send_many(self, packets: list[bytes]) -> None:
+        """The session's ``send_many``: a window in one UDP GSO send while the server is shared.
+
+        GSO costs the server about a third less CPU per block, but the
+        client gets the window's first datagram only once the whole window
+        is out, where datagram by datagram it starts reading while the rest
+        are being sent: a lone transfer (``shared()`` false) is faster that
+        way (measured: ~4.0 vs ~5.0 ms per MiB with atftp, windowsize 16,
+        over veth), and many at once are bound by the server's CPU.
+
+        What GSO did not send (sizes it cannot cut, an ordinary send error)
+        goes through :meth:`send`; a refusal of GSO itself turns it off for
+        this socket.
+        """
+        sent = 0
+        sendmsg = self._sendmsg
+        if sendmsg is not None and self.shared():
+            try:
+                sent = send_segments(sendmsg, packets, self.client)
+            except GSOUnavailable as e:
+                self._sendmsg = None
+                sent = e.sent
+                log.debug("{file} to {client}: UDP GSO unavailable, one datagram per send: {error}",
+                          file=self.name, client=_client(self.client), error=str(e.error))
+        send = self.send
+        for packet in packets[sent:] if sent else packets:
+            send(packet)
+
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
         try:
-            if addr == self.client and self.session is not None:
-                # The packet of every window: decoded without a packet object.
-                block = ack_block(data)
-                if block is not None:
-                    self.session.ack(block)
-                    return
+            # The packet of every window: decoded without a packet object
+            # (what ack_block does, inline: this runs once per block).
+            if (addr == self.client and self.session is not None
+                    and len(data) == 4 and data[1] == ACK and data[0] == 0):
+                self.session.ack((data[2] << 8) | data[3])
+                return
             if (addr[0], addr[1]) != self.client:
                 log.debug(
                     "{file} to {client}: ERROR 5 to stranger {src}",
@@ -260,6 +304,10 @@ class TFTPServerProtocol(DatagramProtocol):
     :param metrics: :class:`smee.metrics.Metrics` (``tftp_*``); default: the backend's ``metrics``
         (:class:`smee.metrics.InstrumentedBackend`), else none
     :param timeline: :class:`smee.timeline.BootTimeline`; default: the backend's ``timeline``, else none
+    :param mux: how per-transfer sockets are read: None (default) a
+        :class:`~smee.tftp.mux.TransferMux` under the epoll reactor and
+        ``reactor.listenUDP`` under any other; False always ``listenUDP``;
+        or a mux to use (tests)
     """
 
     noisy = False
@@ -278,6 +326,7 @@ class TFTPServerProtocol(DatagramProtocol):
         chainloads: Any = None,
         metrics: Any = None,
         timeline: Any = None,
+        mux: Any = None,
     ) -> None:
         self.binaries = binaries
         self.metrics = metrics
@@ -297,6 +346,11 @@ class TFTPServerProtocol(DatagramProtocol):
         self._by_client: dict[tuple[str, int], _Transfer] = {}
         #: the listening socket's ``sendto`` while it listens (see :meth:`_send`)
         self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
+        #: the DATA datagrams of the binaries, per block size, shared by their transfers
+        self.blocks = BlockCache()
+        #: the transfer sockets' reader (built at the first transfer when None and wanted)
+        self._mux: TransferMux | None = mux if mux not in (None, False, True) else None
+        self._want_mux: bool = mux is not False and (mux is not None or _mux_supported(reactor))
 
     # --- introspection (tests, health) ---------------------------------------
 
@@ -319,6 +373,16 @@ class TFTPServerProtocol(DatagramProtocol):
         """Stop every transfer: lookups are cancelled, sessions stopped, their ports closed."""
         self._sendto = None
         self.stopTransfers()
+        self.closeMux()
+
+    def closeMux(self) -> None:
+        """Close the transfer-socket mux (its sockets, its epoll object, its reactor reader); idempotent.
+
+        The next transfer would open a new one: call it once no transfer is left.
+        """
+        mux, self._mux = self._mux, None
+        if mux is not None:
+            mux.close()
 
     def stopTransfers(self) -> None:
         """Stop every transfer in progress; clients with a session get ERROR 0 so they stop waiting."""
@@ -570,23 +634,28 @@ class TFTPServerProtocol(DatagramProtocol):
             data = self._content(match, transfer)
             if data is None:
                 return
+            binary = transfer.name != AUTOEXEC
             if transfer.mode == "netascii":
-                data = to_netascii(data)
+                data, binary = to_netascii(data), False
             transfer.size = len(data)
             negotiated = negotiate(transfer.options, len(data), self.config.max_blksize, self.config.timeout)
             def on_done(outcome: str, detail: str) -> None:
                 self._finished(transfer, outcome, detail)
 
             send: Callable[[bytes], None]
+            extra: dict[str, Any] = {}
+            blocks = self.blocks.blocks(data, negotiated.blksize) if binary else None
+            if blocks is not None:
+                extra["blocks"] = blocks
             if self.config.single_port:
                 client = transfer.client
 
                 def send(packet: bytes) -> None:
                     self._send(packet, client)
             else:
-                protocol = SessionProtocol(transfer.client, transfer.name)
+                protocol = SessionProtocol(transfer.client, transfer.name, self._shared)
                 try:
-                    transfer.port = self.reactor.listenUDP(0, protocol, interface=self.listen_host)
+                    transfer.port = self._listenTransfer(protocol)
                 except CannotListenError as e:
                     self._forget(transfer)
                     self._refuse(transfer.client, ERR_UNDEFINED, "server error: no transfer port",
@@ -596,8 +665,9 @@ class TFTPServerProtocol(DatagramProtocol):
                     return
                 transfer.protocol = protocol
                 send = protocol.send
+                extra["send_many"] = protocol.send_many
             session = self._session_factory(
-                data, negotiated, send, self.reactor, retries=self.config.retries, on_done=on_done,
+                data, negotiated, send, self.reactor, retries=self.config.retries, on_done=on_done, **extra,
             )
             transfer.session = session
             if transfer.protocol is not None:
@@ -607,6 +677,22 @@ class TFTPServerProtocol(DatagramProtocol):
             session.start()
         except Exception:
             self._internalError(transfer)
+
+    def _shared(self) -> bool:
+        """More than one transfer in progress: a window is worth one GSO send (see ``SessionProtocol.send_many``)."""
+        return len(self._transfers) > 1
+
+    def _listenTransfer(self, protocol: SessionProtocol) -> Any:
+        """A new port for one transfer: on the mux if there is one (see ``mux``), else ``listenUDP``."""
+        mux = self._mux
+        if mux is None and self._want_mux:
+            try:
+                mux = self._mux = TransferMux(self.reactor)
+            except OSError as e:  # no epoll object (EMFILE…): this transfer goes the Twisted way
+                log.warn("TFTP transfer mux unavailable: {error}", error=str(e))
+        if mux is not None:
+            return mux.listen(protocol, self.listen_host)
+        return self.reactor.listenUDP(0, protocol, interface=self.listen_host)
 
     def _finished(self, transfer: _Transfer, outcome: str, detail: str) -> None:
         """The session ended by itself (done, client error, retries exhausted): one info line."""

@@ -186,6 +186,8 @@ class TFTPService(ListeningService):
                 log.info("TFTP: transfers in progress finished")
             protocol.numPorts -= 1
             protocol.stopTransfers()
+            # The listening port's stopProtocol ran while the drain held it: close the mux here.
+            protocol.closeMux()
             done.callback(None)
 
         check()

@@ -25,7 +25,7 @@ from smee.tftp.packet import (
     Error,
     OAck,
     Request,
-    encode_data,
+    data_header,
     encode_error,
     encode_oack,
 )
@@ -135,7 +135,11 @@ class ReadSession:
     whatever it is missing; an abort would kill a transfer that is working.
 
     ``send`` must not call back into the session synchronously (a UDP
-    socket write does not).
+    socket write does not). ``send_many``, if given, sends a list of
+    datagrams in order (a window of two or more blocks); the protocol's
+    hook for UDP GSO. ``blocks``, if given, are the DATA datagrams of
+    ``data`` at the negotiated block size (:func:`smee.tftp.blocks.build_blocks`),
+    shared between transfers: then nothing is built per block.
 
     Counters for metrics: ``blocks_sent`` and ``bytes_sent`` (payload bytes)
     count every DATA transmitted, retransmissions included, and
@@ -150,6 +154,8 @@ class ReadSession:
         clock: IReactorTime,
         retries: int = 5,
         on_done: Callable[[str, str], None] = _ignore_done,
+        send_many: Callable[[list[bytes]], None] | None = None,
+        blocks: list[bytes] | None = None,
     ) -> None:
         self.negotiated = negotiated
         self.done = False
@@ -159,7 +165,11 @@ class ReadSession:
         #: the ERROR the client ended the transfer with, if it did
         self.client_error: Error | None = None
         self._view = memoryview(data)
+        #: every DATA datagram, built beforehand (:class:`smee.tftp.blocks.BlockCache`), or None
+        self._blocks = blocks
         self._send = send
+        #: sends a whole window at once (UDP GSO); only worth it with windows
+        self._send_many = send_many if negotiated.windowsize > 1 else None
         self._clock = clock
         self._retries = retries
         self._on_done = on_done
@@ -214,7 +224,7 @@ class ReadSession:
         if self.done:
             return
         if type(packet) is Ack:
-            self._ack(packet.block)
+            self.ack(packet.block)
         elif type(packet) is Error:
             # Quietly: RFC 1350 says an ERROR is never acknowledged, and UEFI
             # sends ERROR 8 after the OACK only to learn tsize.
@@ -225,9 +235,42 @@ class ReadSession:
     def ack(self, block: int) -> None:
         """An ACK of wire number ``block`` from the client: what :meth:`received`
         does with an :class:`Ack`, for a protocol that decoded it with
-        :func:`smee.tftp.packet.ack_block` (no packet object per window)."""
-        if not self.done:
+        :func:`smee.tftp.packet.ack_block` (no packet object per window).
+
+        The lockstep case (windowsize 1, no OACK pending) is handled here in
+        one frame: it runs once per block of every PXE ROM's transfer, so
+        each call saved here is saved per block. Same rules as :meth:`_ack`.
+        """
+        if self.done:
+            return
+        timer = self._timer
+        if self._windowsize != 1 or self._oack_pending or timer is None:
             self._ack(block)
+            return
+        acked = self._acked
+        ahead = (block - acked) & 0xFFFF
+        if ahead == 0 or ahead > self._sent - acked:
+            return
+        self._acked = acked = acked + ahead
+        if acked == self._last:
+            self._finish("complete", "")
+            return
+        # What _progress and _send_window do for a window of one block.
+        self._tries = 0
+        self._sent = block = acked + 1
+        blksize = self._blksize
+        offset = acked * blksize
+        view = self._view
+        blocks = self._blocks
+        try:
+            if blocks is not None:
+                self._send(blocks[acked])
+            else:
+                self._send(data_header(block & 0xFFFF) + view[offset : offset + blksize])
+            self.blocks_sent += 1
+            self.bytes_sent += min(blksize, len(view) - offset)
+        finally:
+            timer.reset(self._timeout)
 
     def _ack(self, block: int) -> None:
         if self._oack_pending:
@@ -240,11 +283,12 @@ class ReadSession:
         # the window is far below 65536 blocks, so at most one block matches.
         # 0 is a duplicate of the last ACK, anything past the window is old or
         # was never sent: both ignored.
-        ahead = (block - self._acked) & 0xFFFF
-        if ahead == 0 or ahead > self._sent - self._acked:
+        acked = self._acked
+        ahead = (block - acked) & 0xFFFF
+        if ahead == 0 or ahead > self._sent - acked:
             return
-        self._acked += ahead
-        if self._acked == self._last:
+        self._acked = acked = acked + ahead
+        if acked == self._last:
             self._finish("complete", "")
             return
         self._progress()
@@ -271,18 +315,36 @@ class ReadSession:
     def _send_window(self) -> None:
         """(Re)send blocks _acked+1 up to a full window or the final block.
 
-        Each payload is a slice of a memoryview of the file, so the datagram
-        built by :func:`encode_data` is the only copy; the counters are
-        updated once per window.
+        The datagrams come from ``blocks`` when given; else each payload is a
+        slice of a memoryview of the file, so the datagram built here
+        (:data:`~smee.tftp.packet.data_header` + payload) is the only copy.
+        The counters are updated once per window. With ``send_many`` a
+        window of several blocks goes out in one call, and counts only once
+        that call returned.
         """
         first = self._acked + 1
         last = min(self._acked + self._windowsize, self._last)
         view, blksize, send = self._view, self._blksize, self._send
         self._sent = last
         start = offset = (first - 1) * blksize
+        send_many, blocks = self._send_many, self._blocks
+        if send_many is not None and last > first:
+            if blocks is not None:
+                packets = blocks[first - 1 : last]
+                offset += (last - first + 1) * blksize
+            else:
+                packets = []
+                for block in range(first, last + 1):
+                    packets.append(data_header(block & 0xFFFF) + view[offset : offset + blksize])
+                    offset += blksize
+            send_many(packets)
+            self.blocks_sent += last - first + 1
+            self.bytes_sent += min(offset, len(view)) - start
+            return
         try:
             for block in range(first, last + 1):
-                send(encode_data(block, view[offset : offset + blksize]))
+                send(blocks[block - 1] if blocks is not None
+                     else data_header(block & 0xFFFF) + view[offset : offset + blksize])
                 offset += blksize
         finally:
             # What went out (up to a send that raised): start..offset, the final block possibly short.

@@ -28,7 +28,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from netns import Lab, Netns, Process, which  # noqa: E402
+from netns import Lab, Netns, Process, which  # noqa: E402,F401 (which: re-exported for the bench modules)
 
 SERVER_CPU = 0
 CLIENT_CPU = 1

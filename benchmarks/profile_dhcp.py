@@ -2,7 +2,7 @@
 """CPU cost of smee's DHCP request path, per packet, in one process (issue 9).
 
     .venv/bin/python benchmarks/profile_dhcp.py [--mode inproc|socket|both] [-n 20000]
-        [--repeats 7] [--client pxe|ipxe] [--profile]
+        [--repeats 7] [--client pxe|ipxe] [--memo on|off] [--profile]
 
 The runtime is built the way ``twistd smee`` builds it (:func:`smee.tap.makeRuntime`:
 file backend with 200 records, reservation mode, the instrumented backend,
@@ -23,6 +23,11 @@ is iterated until every reply came back; ``server doRead`` is the time inside
 the port's ``doRead`` (recvfrom, the protocol, sendto, and the recvfrom that
 ends each wake-up with EAGAIN), ``whole loop`` the whole round including the
 client's syscalls and the reactor's epoll and timer bookkeeping.
+
+The same 400 requests go round and round (xid aside, as perfdhcp's do), so
+with the reply memo on (the default) nearly every one is answered from it:
+that is the memo's hit path. ``--memo off`` builds the protocols without it:
+the full path, as every request of a machine's first boot takes it.
 
 Each repeat times ``-n`` packets (DISCOVER and REQUEST alternating, MACs in
 turn) in CPU time (``time.process_time``/``thread_time``, so time spent
@@ -136,7 +141,7 @@ def start_logging() -> None:
     globalLogBeginner.beginLoggingTo([obs], redirectStandardIO=False)
 
 
-def build_service(hw: Path, reactor: Any) -> Any:
+def build_service(hw: Path, reactor: Any, memo: bool = True) -> Any:
     """The DHCP service exactly as makeService builds it, then moved to 127.0.0.1:0."""
     from smee import tap
     from smee.dhcp import service as dhcp_service
@@ -152,6 +157,12 @@ def build_service(hw: Path, reactor: Any) -> Any:
     svc = dhcp_service.makeService(settings, runtime, reactor)
     svc.address = ("127.0.0.1", 0)
     svc.ifaces = ()
+    if not memo:
+        from functools import partial
+
+        from smee.dhcp.protocol import DHCPServerProtocol
+
+        svc.protocol_factory = partial(DHCPServerProtocol, memo_size=0)
     return svc
 
 
@@ -259,6 +270,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--client", choices=tuple(CAPTURE), default="pxe")
     ap.add_argument("--burst", type=int, default=32, help="socket mode: requests in flight at once (1..64)")
+    ap.add_argument("--memo", choices=("on", "off"), default="on",
+                    help="the reply memo (default on: repeated requests are its hit path)")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile top list (tottime)")
     args = ap.parse_args()
     if args.n < 1 or args.n > 10_000_000 or args.repeats < 1 or args.repeats > 100 or not 1 <= args.burst <= 64:
@@ -270,7 +283,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hw = Path(tmp) / "hardware.yaml"
         write_hardware(hw, RECORDS)
-        svc = build_service(hw, reactor)
+        svc = build_service(hw, reactor, memo=args.memo == "on")
         svc.startService()
         try:
             port, proto = svc.ports[0], svc.protocols[0]
@@ -320,6 +333,7 @@ def main() -> None:
                         profile(lambda: driver.run(packets, args.n))
                 finally:
                     client.close()
+            print(f"reply memo {args.memo}: {proto.memo_hits} requests answered from it")
         finally:
             svc.stopService()
 

@@ -205,6 +205,7 @@ def _table() -> tuple[Setting, ...]:
         S("dhcp-http-ipxe-script-url", "", p_url, "Full iPXE script URL; overrides the four settings above.", "dhcp"),
         S("dhcp-http-ipxe-script-prepend-mac", "true", p_bool, "Insert the client MAC into the script URL path (/auto.ipxe -> /<mac>/auto.ipxe).", "dhcp"),
         S("dhcp-ipxe-rom-chainload", "false", p_bool, "Answer a foreign iPXE ROM (user class iPXE) with our binary, tftp://<tftp-ip>:<port>/<mac>/<binary>, as Smee does, instead of the script URL; once smee has served that binary, the machine's next iPXE request gets the script.", "dhcp"),
+        S("dhcp-reply-cache", "4096", p_int(0, 1_000_000), "Replies remembered per socket for requests repeated byte for byte but for the xid (retransmissions, a flooding client): answered without the policy; 0 = off.", "dhcp"),
         # TFTP
         S("tftp-enabled", "true", p_bool, "Run the TFTP server.", "tftp"),
         S("tftp-addr", PUBLIC_IP, p_ip, "TFTP listen address.", "tftp"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -94,3 +95,15 @@ def grow_port_buffer(port: Any, what: str, log: Any) -> int | None:
     if short:
         log.warn("{what} socket: {note}", what=what, note=short)
     return granted
+
+
+def sendto_of(transport: Any) -> Callable[[bytes, tuple[str, int]], Any] | None:
+    """The ``sendto`` of a real UDP port's socket; None for anything else (test transports).
+
+    DHCP and TFTP send replies straight to it: the address came from the
+    socket, so the checks ``Port.write`` makes on every datagram are moot;
+    on OSError they fall back to ``transport.write``, which handles errors.
+    """
+    sock = getattr(transport, "socket", None)
+    sendto = getattr(sock, "sendto", None)
+    return sendto if callable(sendto) else None

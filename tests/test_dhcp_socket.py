@@ -264,6 +264,22 @@ def test_tap_passes_addr_and_ifaces(hwfile: str) -> None:
     assert dhcp.address == ("127.0.0.1", 1067) and dhcp.ifaces == ("lo", "eth9") and dhcp.config.mode == "proxy"
 
 
+@pytest.mark.parametrize(("flag", "size"), [([], 4096), (["--dhcp-reply-cache=0"], 0), (["--dhcp-reply-cache=10"], 10)])
+def test_tap_passes_reply_cache_to_each_protocol(hwfile: str, flag: list[str], size: int) -> None:
+    top = makeService(options(file_args(hwfile) + ["--dhcp-addr=127.0.0.1:1067"] + flag), reactor=Clock())
+    dhcp = top.getServiceNamed("dhcp")
+    assert dhcp.reply_cache == size
+    from twisted.internet import reactor
+
+    dhcp.reactor, dhcp.address = reactor, ("127.0.0.1", 0)
+    dhcp.startService()
+    try:
+        [protocol] = dhcp.protocols
+        assert protocol._memo_size == size and (protocol._memo is None) == (size == 0)
+    finally:
+        dhcp.stopService()
+
+
 def test_tap_without_dhcp(hwfile: str) -> None:
     top = makeService(options(file_args(hwfile) + ["--dhcp-enabled=false"]), reactor=Clock())
     assert "dhcp" not in [svc.name for svc in top]

@@ -21,12 +21,26 @@ the answer needs (issue 9; ``benchmarks/profile_dhcp.py`` measures it):
 * events below ``log_level`` (``--log-level``, the level the observer drops
   below) are not built at all: at the default ``info`` a served request
   costs no log event, at ``error`` neither does a refusal;
-* the ``dhcp_messages_total`` children are cached per (type, outcome).
+* the ``dhcp_messages_total`` children are cached per (type, outcome);
+* a bounded reply memo (:class:`_Memo`) answers a request whose bytes, xid
+  aside, repeat an answered one (a retransmission, the next boot of the
+  same machine, a load generator) without parsing, classifying, deciding or
+  encoding: the policy is a pure function of the request, the backend's
+  Match, the config and the chainload flag, so the earlier reply with the
+  new xid is the reply. The Match is still looked up each time and must be
+  the very same object (a reload builds new ones), and the chainload flag
+  the same; anything else goes the normal way and refreshes the entry.
+  The sender's address is not part of the key: neither the policy nor the
+  destination reads it (giaddr and ciaddr are in the bytes), and the log
+  line names the current sender. Only answered requests are remembered;
+  the counters, timeline stages and log lines of a reply are replayed;
+* replies go straight to the socket's ``sendto`` (``Port.write`` re-checks
+  the address of every datagram), ``Port.write`` only when that fails.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as LookupTimeout
@@ -35,6 +49,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from smee.listen import sendto_of as _sendto_of
 from smee.backends import LookupFailed
 from smee.dhcp import policy as _policy
 from smee.dhcp.classify import ClientInfo
@@ -53,13 +68,17 @@ from smee.dhcp.packet import (
     parse,
 )
 
-__all__ = ["DHCPServerProtocol", "DEFAULT_LOOKUP_TIMEOUT"]
+__all__ = ["DHCPServerProtocol", "DEFAULT_LOOKUP_TIMEOUT", "DEFAULT_MEMO_SIZE"]
 
 log = Logger(namespace="smee.dhcp")
 
 #: Seconds a backend lookup may take before the request is dropped. PXE ROMs
 #: resend DISCOVER after 4 s (then 8, 16, 32), so a slower answer is useless.
 DEFAULT_LOOKUP_TIMEOUT = 3.0
+
+#: Replies each protocol remembers (oldest forgotten first): a few per
+#: machine of a site of some thousand, about 1 KiB each.
+DEFAULT_MEMO_SIZE = 4096
 
 #: Outcomes without a reply that are logged at debug, not info: in the proxy
 #: modes every ordinary (non-netboot) client on the segment gets one, and it
@@ -79,6 +98,49 @@ _RANKS = {"debug": 0, "info": 1, "warn": 2, "error": 3,
 def _type_name(msg_type: int | None) -> str:
     name = MESSAGE_TYPES.get(msg_type)  # type: ignore[arg-type]
     return name if name is not None else f"type-{msg_type}"
+
+
+def _stages(client: ClientInfo, reply_type: int | None) -> tuple[str, ...]:
+    """The boot timeline stages a request (and its reply, if any) mark: the request's first."""
+    ipxe = client.user_class in _IPXE_USER_CLASSES
+    stages: tuple[str, ...] = ()
+    if client.msg_type == DISCOVER or (ipxe and client.msg_type == REQUEST):
+        stages = ("ipxe-dhcp" if ipxe else "dhcp-discover",)
+    if reply_type == ACK:
+        stages += ("ipxe-ack" if ipxe else "dhcp-ack",)
+    elif reply_type == OFFER and not ipxe:
+        stages += ("dhcp-offer",)
+    return stages
+
+
+class _Memo(NamedTuple):
+    """A reply sent, for the next request with the same bytes but the xid (see the module docstring).
+
+    The entry holds the Match it was decided for: identity is the check (a
+    reload makes new records), and holding it means its ``id`` cannot be
+    reused by another object while the entry lives.
+    """
+
+    #: the backend's answer the reply was decided for (None when not looked up / not found)
+    match: Any
+    #: whether the backend was asked (not for hlen != 6 or in auto-proxy mode)
+    looked_up: bool
+    mac: str
+    #: user class "iPXE": the chainload flag (``served``) took part in the decision
+    ipxe: bool
+    served: bool
+    #: the reply's bytes before and after the xid (bytes 4..8)
+    head: bytes
+    tail: bytes
+    #: the policy's destination; ports 67/68 are mapped when sending, as on the normal path
+    host: str
+    port: int
+    msg_type: int | None
+    reply_type: int | None
+    outcome: str
+    reason: str
+    #: boot timeline stages (:func:`_stages`)
+    stages: tuple[str, ...]
 
 
 class DHCPServerProtocol(DatagramProtocol):
@@ -101,6 +163,9 @@ class DHCPServerProtocol(DatagramProtocol):
     :param log_level: the lowest level the log observer writes (``--log-level``;
         a name or a LogLevel): debug and info events below it are never built.
         The default builds every event, as a test capturing logs expects.
+    :param memo_size: replies remembered for repeated requests (0: none).
+        The default is :data:`DEFAULT_MEMO_SIZE` with smee's own classify and
+        policy, 0 with others (nothing says they are pure functions).
     """
 
     noisy = False
@@ -121,7 +186,18 @@ class DHCPServerProtocol(DatagramProtocol):
         metrics: Any = None,
         timeline: Any = None,
         log_level: str | LogLevel = "debug",
+        memo_size: int | None = None,
     ) -> None:
+        if memo_size is None:
+            memo_size = DEFAULT_MEMO_SIZE if classify is _classify and policy is _policy else 0
+        #: request bytes without the xid and secs (``data[:4] + data[10:]``) → :class:`_Memo`; None when disabled
+        self._memo: dict[bytes, _Memo] | None = {} if memo_size > 0 else None
+        self._memo_size = memo_size
+        #: requests answered from the memo (for tests and profiling)
+        self.memo_hits = 0
+        #: the transport whose socket's ``sendto`` is in ``_sendto`` (looked up again when it changes)
+        self._sendto_for: Any = None
+        self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
         self.backend = backend
         self.config = config
         self.clock = clock
@@ -155,6 +231,21 @@ class DHCPServerProtocol(DatagramProtocol):
         self._backend = backend
         #: the backend's synchronous lookup, if it has one (see the module docstring)
         self._lookup_now = getattr(backend, "by_mac_now", None)
+        self.forget()
+
+    @property
+    def config(self) -> Any:
+        return self._config
+
+    @config.setter
+    def config(self, config: Any) -> None:
+        self._config = config
+        self.forget()
+
+    def forget(self) -> None:
+        """Empty the reply memo (a new backend or config; entries would only miss, but hold memory)."""
+        if self._memo is not None:
+            self._memo.clear()
 
     def _count(self, msg_type: int | None, outcome: str) -> None:
         metrics = self.metrics
@@ -165,15 +256,49 @@ class DHCPServerProtocol(DatagramProtocol):
                 child = self._counters[key] = metrics.child(metrics.dhcp_messages, _type_name(msg_type), outcome)
             child.inc()
 
-    def _seen(self, client: ClientInfo, reply_type: int | None) -> None:
+    def _seen(self, mac: str, stages: tuple[str, ...]) -> None:
         """The boot timeline: the request's stage, then the reply's (if any)."""
-        ipxe = client.user_class in _IPXE_USER_CLASSES
-        if client.msg_type == DISCOVER or (ipxe and client.msg_type == REQUEST):
-            self.timeline.seen(client.mac, "ipxe-dhcp" if ipxe else "dhcp-discover")
-        if reply_type == ACK:
-            self.timeline.seen(client.mac, "ipxe-ack" if ipxe else "dhcp-ack")
-        elif reply_type == OFFER and not ipxe:
-            self.timeline.seen(client.mac, "dhcp-offer")
+        seen = self.timeline.seen
+        for stage in stages:
+            seen(mac, stage)
+
+    def _send(self, transport: Any, data: bytes, dest: tuple[str, int]) -> None:
+        """Straight to the socket when it is a real one (as smee.tftp does), else ``transport.write``.
+
+        The destination comes from the policy (dotted quads), so the checks
+        ``Port.write`` makes on every datagram are moot; any error is left to
+        ``Port.write``, which retries the send and handles it as it always has.
+        """
+        if transport is not self._sendto_for:
+            self._sendto_for = transport
+            self._sendto = _sendto_of(transport)
+        sendto = self._sendto
+        if sendto is not None:
+            try:
+                sendto(data, dest)
+                return
+            except OSError:
+                pass
+        transport.write(data, dest)
+
+    def _log_reply(self, mac: str, xid: int, msg_type: int | None, reply_type: int | None,
+                   outcome: str, reason: str, src: Any, dst: tuple[str, int], size: int) -> None:
+        """A reply's log line: NAKs at info, the rest at debug (the caller checked the level)."""
+        (log.info if outcome == "nak" else log.debug)(
+            "{iface}: {reply_type} to {mac} via {dst[0]}:{dst[1]} (xid {xid:#010x}): {reason}",
+            iface=self.iface, mac=mac, xid=xid,
+            msg_type=_type_name(msg_type), reply_type=_type_name(reply_type),
+            outcome=outcome, reason=reason, src=src, dst=dst, size=size,
+        )
+
+    def _answer_failed(self, mac: str, xid: int, msg_type: int | None, src: Any) -> None:
+        """Deciding, encoding or sending raised: counted and logged with the traceback, no reply."""
+        self._count(msg_type, "error")
+        log.failure(
+            "{iface}: error answering {msg_type} from {mac}",
+            iface=self.iface, mac=mac, xid=xid,
+            msg_type=_type_name(msg_type), src=src, level=LogLevel.error,
+        )
 
     # --- Twisted entry points ----------------------------------------------
 
@@ -185,63 +310,136 @@ class DHCPServerProtocol(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
         try:
-            try:
-                request = parse(data)
-            except DHCPParseError as e:
-                if self._log_info:
-                    log.info(
-                        "{iface}: dropped malformed DHCP datagram from {src[0]}:{src[1]}: {error}",
-                        iface=self.iface, src=addr, error=str(e), outcome="malformed",
-                    )
-                self._count(None, "malformed")
+            memo = self._memo
+            if memo is None:
+                self._received(data, addr, None)
                 return
-            if request.op != BOOTREQUEST:
-                if self._log_debug:
-                    log.debug(
-                        "{iface}: ignored BOOTREPLY from {src[0]}:{src[1]} (xid {xid:#010x})",
-                        iface=self.iface, src=addr, xid=request.xid, outcome="not-request",
-                    )
-                self._count(request.msg_type, "not-request")
-                return
-            client = self._classify(request)
-            if request.hlen != 6 or not self._needs_lookup(client, self.config):
-                # No hardware record can match a chaddr that is not 6 bytes
-                # (hlen 0 for InfiniBand, garbage): "not found", without
-                # troubling the backend with a key it would reject.
-                self._answer(None, request, client, addr)
-                return
-            lookup_now = self._lookup_now
-            if lookup_now is not None:
-                # An in-memory backend: the answer now, no Deferred to build.
-                try:
-                    match = lookup_now(client.mac)
-                except Exception:
-                    self._lookupFailed(Failure(), request, client, addr)
-                    return
-                self._answer(match, request, client, addr)
-                return
-            try:
-                d = self._backend.by_mac(client.mac)
-            except Exception:
-                # A backend must fail its Deferred, but one that raises gets
-                # the same treatment.
-                self._lookupFailed(Failure(), request, client, addr)
-                return
-            if not d.called:
-                # Only a lookup that is really outstanding gets a timer: the
-                # in-memory backends answer at once and pay nothing for it.
-                self._pending.add(d)
-                d.addTimeout(self.lookup_timeout, self.clock)
-                d.addBoth(self._settled, d)
-            d.addCallbacks(
-                self._answer, self._lookupFailed,
-                callbackArgs=(request, client, addr), errbackArgs=(request, client, addr),
-            )
+            key = data[:4] + data[10:]  # not the xid, nor secs (a retransmission's only change)
+            entry = memo.get(key)
+            if entry is None:
+                self._received(data, addr, key)
+            else:
+                self._replay(entry, key, data, addr)
         except Exception:
             log.failure(
                 "{iface}: error handling a datagram from {src[0]}:{src[1]}",
                 iface=self.iface, src=addr, level=LogLevel.error,
             )
+
+    def _received(self, data: bytes, addr: Any, key: bytes | None) -> None:
+        """The normal path: parse, classify, look up, decide; ``key`` (memo on) lets the reply be remembered."""
+        try:
+            request = parse(data)
+        except DHCPParseError as e:
+            if self._log_info:
+                log.info(
+                    "{iface}: dropped malformed DHCP datagram from {src[0]}:{src[1]}: {error}",
+                    iface=self.iface, src=addr, error=str(e), outcome="malformed",
+                )
+            self._count(None, "malformed")
+            return
+        if request.op != BOOTREQUEST:
+            if self._log_debug:
+                log.debug(
+                    "{iface}: ignored BOOTREPLY from {src[0]}:{src[1]} (xid {xid:#010x})",
+                    iface=self.iface, src=addr, xid=request.xid, outcome="not-request",
+                )
+            self._count(request.msg_type, "not-request")
+            return
+        client = self._classify(request)
+        if request.hlen != 6 or not self._needs_lookup(client, self._config):
+            # No hardware record can match a chaddr that is not 6 bytes
+            # (hlen 0 for InfiniBand, garbage): "not found", without
+            # troubling the backend with a key it would reject.
+            self._answer(None, request, client, addr, key, False)
+            return
+        lookup_now = self._lookup_now
+        if lookup_now is not None:
+            # An in-memory backend: the answer now, no Deferred to build.
+            try:
+                match = lookup_now(client.mac)
+            except Exception:
+                self._lookupFailed(Failure(), request, client, addr)
+                return
+            self._answer(match, request, client, addr, key, True)
+            return
+        try:
+            d = self._backend.by_mac(client.mac)
+        except Exception:
+            # A backend must fail its Deferred, but one that raises gets
+            # the same treatment.
+            self._lookupFailed(Failure(), request, client, addr)
+            return
+        if not d.called:
+            # Only a lookup that is really outstanding gets a timer: the
+            # in-memory backends answer at once and pay nothing for it.
+            self._pending.add(d)
+            d.addTimeout(self.lookup_timeout, self.clock)
+            d.addBoth(self._settled, d)
+        d.addCallbacks(
+            self._answer, self._lookupFailed,
+            callbackArgs=(request, client, addr), errbackArgs=(request, client, addr),
+        )
+
+    def _replay(self, entry: _Memo, key: bytes, data: bytes, addr: Any) -> None:
+        """A request seen before (xid aside): the remembered reply if the lookup and chainload flag agree.
+
+        Everything the normal path does that is not a pure function of the
+        request bytes happens here too, in the same order: the backend
+        lookup (counted by the instrumented backend), the chainload check,
+        the send, the counter, the timeline, the log line. When the lookup or
+        the flag differs, the request goes on the normal way with that answer.
+        """
+        (match, looked_up, mac, ipxe, served, head, tail, host, port,
+         msg_type, reply_type, outcome, reason, stages) = entry
+        found = None
+        if looked_up:
+            try:
+                found = self._lookup_now(mac)  # type: ignore[misc]
+            except Exception:
+                failure = Failure()
+                request = parse(data)
+                self._lookupFailed(failure, request, self._classify(request), addr)
+                return
+        now_served = False
+        if ipxe:
+            chainloads = self.chainloads
+            now_served = bool(
+                chainloads is not None and self._config.ipxe_rom_chainload and chainloads.recent(mac)
+            )
+        if found is not match or now_served is not served:
+            request = parse(data)
+            self._answer(found, request, self._classify(request), addr, key, looked_up, now_served)
+            return
+        try:
+            transport = self.transport
+            if transport is None:  # stopped
+                self._count(msg_type, "stopped")
+                return
+            if port == 67:
+                port = self.server_port
+            elif port == 68:
+                port = self.client_port
+            xid = data[4:8]
+            reply = head + xid + tail
+            self._send(transport, reply, (host, port))
+            self.memo_hits += 1
+            self._count(msg_type, outcome)
+            if self.timeline is not None:
+                self._seen(mac, stages)
+            if self._log_info if outcome == "nak" else self._log_debug:
+                self._log_reply(mac, int.from_bytes(xid, "big"), msg_type, reply_type, outcome, reason,
+                                addr, (host, port), len(reply))
+        except Exception:
+            self._answer_failed(mac, int.from_bytes(data[4:8], "big"), msg_type, addr)
+
+    def _remember(self, key: bytes, entry: _Memo) -> None:
+        """Keep ``entry`` for ``key``; the oldest entry goes when the memo is full."""
+        memo = self._memo
+        assert memo is not None
+        if key not in memo and len(memo) >= self._memo_size:
+            del memo[next(iter(memo))]
+        memo[key] = entry
 
     # --- one request ---------------------------------------------------------
 
@@ -286,22 +484,31 @@ class DHCPServerProtocol(DatagramProtocol):
                 error=f"{type(failure.value).__name__}: {failure.value}", outcome="lookup-error", **fields,
             )
 
-    def _answer(self, match: Any, request: Packet, client: ClientInfo, addr: Any) -> None:
-        """Decide, encode and send; never raises (it may run as a Deferred callback)."""
+    def _answer(
+        self, match: Any, request: Packet, client: ClientInfo, addr: Any,
+        key: bytes | None = None, looked_up: bool = False, served: bool | None = None,
+    ) -> None:
+        """Decide, encode and send; never raises (it may run as a Deferred callback).
+
+        With ``key`` (the memo is on and the lookup was synchronous) a sent
+        reply is remembered for it; ``served`` is the chainload flag when the
+        caller already asked for it.
+        """
         try:
-            served = (
-                self.chainloads is not None
-                and client.user_class == "iPXE"
-                and self.config.ipxe_rom_chainload
-                and self.chainloads.recent(client.mac)
-            )
-            decision = self._decide(request, client, match, self.config, served)
+            if served is None:
+                served = bool(
+                    self.chainloads is not None
+                    and client.user_class == "iPXE"
+                    and self._config.ipxe_rom_chainload
+                    and self.chainloads.recent(client.mac)
+                )
+            decision = self._decide(request, client, match, self._config, served)
             reply = decision.reply
             if reply is None:
                 self._count(client.msg_type, decision.outcome)
                 if self.timeline is not None and match is not None:
                     # Known machines only: not every laptop on a proxy-mode segment.
-                    self._seen(client, None)
+                    self._seen(client.mac, _stages(client, None))
                 quiet = decision.outcome in QUIET_OUTCOMES
                 if self._log_debug if quiet else self._log_info:
                     (log.debug if quiet else log.info)(
@@ -323,7 +530,8 @@ class DHCPServerProtocol(DatagramProtocol):
                 )
                 self._count(client.msg_type, "too-large")
                 return
-            host, port = self._destination(request, reply)
+            host, policy_port = self._destination(request, reply)
+            port = policy_port
             if port == 67:
                 port = self.server_port
             elif port == 68:
@@ -332,23 +540,19 @@ class DHCPServerProtocol(DatagramProtocol):
             if transport is None:  # stopped while the lookup was pending
                 self._count(client.msg_type, "stopped")
                 return
-            transport.write(data, (host, port))
+            self._send(transport, data, (host, port))
             self._count(client.msg_type, decision.outcome)
+            stages = _stages(client, reply.msg_type) if self.timeline is not None or key is not None else ()
             if self.timeline is not None:
-                self._seen(client, reply.msg_type)
-            nak = decision.outcome == "nak"
-            if self._log_info if nak else self._log_debug:
-                (log.info if nak else log.debug)(
-                    "{iface}: {reply_type} to {mac} via {dst[0]}:{dst[1]} (xid {xid:#010x}): {reason}",
-                    iface=self.iface, mac=client.mac, xid=request.xid,
-                    msg_type=_type_name(client.msg_type), reply_type=_type_name(reply.msg_type),
-                    outcome=decision.outcome, reason=decision.reason, src=addr, dst=(host, port),
-                    size=len(data),
-                )
+                self._seen(client.mac, stages)
+            if self._log_info if decision.outcome == "nak" else self._log_debug:
+                self._log_reply(client.mac, request.xid, client.msg_type, reply.msg_type, decision.outcome,
+                                decision.reason, addr, (host, port), len(data))
+            if key is not None:
+                self._remember(key, _Memo(
+                    match, looked_up, client.mac, client.user_class == "iPXE", served, data[:4], data[8:],
+                    host, policy_port, client.msg_type, reply.msg_type, decision.outcome, decision.reason,
+                    stages,
+                ))
         except Exception:
-            self._count(client.msg_type, "error")
-            log.failure(
-                "{iface}: error answering {msg_type} from {mac}",
-                iface=self.iface, mac=client.mac, xid=request.xid,
-                msg_type=_type_name(client.msg_type), src=addr, level=LogLevel.error,
-            )
+            self._answer_failed(client.mac, request.xid, client.msg_type, addr)

@@ -114,8 +114,11 @@ class DHCPService(Service):
         metrics: Any = None,
         timeline: Any = None,
         log_level: str = "debug",
+        reply_cache: int | None = None,
     ) -> None:
         self.backend = backend
+        #: passed to each protocol as ``memo_size`` (--dhcp-reply-cache; None: the protocol's default)
+        self.reply_cache = reply_cache
         #: passed to each protocol: events below it are not even built (--log-level)
         self.log_level = log_level
         self.chainloads = chainloads
@@ -161,7 +164,7 @@ class DHCPService(Service):
                         lookup_timeout=self.lookup_timeout,
                         server_port=self.server_port, client_port=self.client_port,
                         chainloads=self.chainloads, metrics=self.metrics, timeline=self.timeline,
-                        log_level=self.log_level,
+                        log_level=self.log_level, memo_size=self.reply_cache,
                     )
                     port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol)
                 finally:
@@ -189,5 +192,5 @@ def makeService(settings: Any, runtime: Any, reactor: Any) -> DHCPService:
     return DHCPService(
         runtime.backend, runtime.dhcp, reactor, (str(host), port), settings.dhcp_iface,
         chainloads=runtime.chainloads, metrics=runtime.metrics, timeline=runtime.timeline,
-        log_level=settings.log_level,
+        log_level=settings.log_level, reply_cache=settings.dhcp_reply_cache,
     )

@@ -52,6 +52,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from smee.listen import sendto_of as _sendto_of
 from smee.backends import LookupFailed
 from smee.tftp import files as _files
 from smee.tftp.blocks import BlockCache
@@ -140,13 +141,6 @@ class TFTPConfig:
 
 def _client(addr: tuple[str, int]) -> str:
     return f"{addr[0]}:{addr[1]}"
-
-
-def _sendto_of(transport: Any) -> Callable[[bytes, tuple[str, int]], Any] | None:
-    """The ``sendto`` of a real UDP port's socket; None for anything else (test transports)."""
-    sock = getattr(transport, "socket", None)
-    sendto = getattr(sock, "sendto", None)
-    return sendto if callable(sendto) else None
 
 
 class _Transfer:

@@ -20,7 +20,7 @@ from harness import Context, Section
 
 #: module name -> share of the time budget (seconds, at --runs 5).
 MODULES = {
-    "bench_dhcp": 900,
+    "bench_dhcp": 1500,
     "bench_tftp": 900,
     "bench_http": 420,
     "bench_storm": 600,

@@ -2,7 +2,7 @@
 """Profile smee's HTTP ``/<mac>/auto.ipxe`` path on 127.0.0.1: µs of server CPU per request.
 
     .venv/bin/python benchmarks/profile_http.py [--requests 2000] [--concurrency 1]
-        [--runs 3] [--profile] [--path /02:00:00:00:00:01/auto.ipxe]
+        [--runs 3] [--profile] [--keep-alive] [--floor web|raw] [--path /02:00:00:00:00:01/auto.ipxe]
 
 The server is the real thing, built as ``twistd smee`` builds it
 (:func:`smee.tap.makeRuntime`: file backend with one record, reservation
@@ -13,7 +13,9 @@ request renders the real Hook script after a backend lookup by MAC.
 
 The client is a small Python HTTP/1.1 client in a subprocess (its CPU is not
 the server's): ``--requests`` GETs, a new TCP connection for each
-(``Connection: close``), ``--concurrency`` connections in flight. It checks
+(``Connection: close``), or with ``--keep-alive`` each of the ``--concurrency``
+connections sending its share one after another (HTTP/1.1 persistent
+connections, one request in flight per connection). It checks
 every answer is ``200`` with the script. The server's CPU time
 (``time.process_time``) and wall time are taken between the client's
 "ready" and its result. Reported: requests/s (wall) and server CPU µs per
@@ -21,6 +23,12 @@ request, best of ``--runs`` server processes; ``--profile`` runs one more
 under cProfile and prints the top entries. Note that the client is Python
 too: at concurrency 1 the wall-clock rate includes its time; server CPU
 per request is the number that does not depend on the client.
+
+``--floor web`` serves the same script bytes from a bare twisted.web leaf
+resource behind the same Site (no routing, lookup, access log or metrics),
+``--floor raw`` from a bare Twisted Protocol that only finds the end of each
+request head: smee minus web is smee's own share, web minus raw is
+twisted.web's HTTP/1.1 machinery, raw is the reactor and the kernel.
 
 Nothing leaves loopback; every loop is bounded (request count, 5 s socket
 timeouts, a 120 s overall limit).
@@ -64,9 +72,12 @@ def _pin(cpu: int) -> None:
 
 
 def client_main(argv: list[str]) -> None:
-    """``--client PORT PATH REQUESTS CONCURRENCY``: print ready, wait for go, run, print JSON."""
+    """``--client PORT PATH REQUESTS CONCURRENCY [keep-alive]``: print ready, wait for go, run, print JSON."""
     _pin(1)
     port, path, requests, concurrency = int(argv[0]), argv[1], int(argv[2]), int(argv[3])
+    if argv[4:] == ["keep-alive"]:
+        keep_alive_client(port, path, requests, concurrency)
+        return
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: iPXE/1.21.1\r\nConnection: close\r\n\r\n".encode()
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
@@ -121,6 +132,71 @@ def client_main(argv: list[str]) -> None:
                                   "head": head.decode("latin-1"), "body_bytes": len(body)}), flush=True)
 
 
+def _complete(data: bytes) -> int:
+    """The length of the first whole response in ``data`` (by Content-Length), 0 if not all here yet."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return 0
+    length = 0
+    for line in data[:end].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    total = end + 4 + length
+    return total if len(data) >= total else 0
+
+
+def keep_alive_client(port: int, path: str, requests: int, concurrency: int) -> None:
+    """``requests`` GETs over ``concurrency`` persistent connections, one in flight on each."""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: iPXE/1.21.1\r\n\r\n".encode()
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit("client: no go")
+    sel = selectors.DefaultSelector()
+    started = time.perf_counter()
+    deadline = time.monotonic() + LIMIT
+    issued = done = 0
+    first = b""
+    statuses: dict[str, int] = {}
+    for _ in range(min(concurrency, requests)):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(request)
+        issued += 1
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, [b""])
+    while done < requests:
+        if time.monotonic() > deadline:
+            raise SystemExit("client: over the time limit")
+        events = sel.select(5.0)
+        if not events:
+            raise SystemExit("client: no answer for 5 s")
+        for key, _ in events:
+            s, state = key.fileobj, key.data
+            chunk = s.recv(65536)
+            if not chunk:
+                raise SystemExit("client: the server closed a persistent connection")
+            state[0] += chunk
+            size = _complete(state[0])
+            if not size:
+                continue
+            response, state[0] = state[0][:size], state[0][size:]
+            status = response[9:12].decode("ascii", "replace")
+            statuses[status] = statuses.get(status, 0) + 1
+            first = first or response
+            done += 1
+            if issued < requests:
+                s.sendall(request)
+                issued += 1
+            else:
+                sel.unregister(s)
+                s.close()
+    wall = time.perf_counter() - started
+    head, _, body = first.partition(b"\r\n\r\n")
+    print("result " + json.dumps({"wall": wall, "requests": done, "statuses": statuses,
+                                  "head": head.decode("latin-1"), "body_bytes": len(body)}), flush=True)
+
+
 # --- the server (this process) ----------------------------------------------------------------------
 
 
@@ -158,6 +234,62 @@ def build(reactor: Any, directory: str) -> Any:
     return svc
 
 
+def floor(reactor: Any, svc: Any, kind: str) -> Any:
+    """``--floor=web``: what twisted.web alone costs for the same answer, on its own port.
+
+    A leaf resource that sets the same Content-Type and returns the same
+    script bytes (rendered once by smee's app) for every path, behind the same
+    :class:`smee.http.service.Site`: no routing, lookup, access log or
+    metrics. The difference to smee's number is smee's (and Klein's) share.
+    """
+    from twisted.web.resource import Resource
+
+    from smee.http.service import Site
+
+    app = svc.app
+    match = app.backend.by_mac_now(MAC)
+    body = app._render(match.hardware, match.interface)
+
+    class Fixed(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return body
+
+    if kind == "web":
+        return reactor.listenTCP(0, Site(Fixed(), reactor=reactor), interface="127.0.0.1")
+    return reactor.listenTCP(0, _raw_factory(body), interface="127.0.0.1")
+
+
+def _raw_factory(body: bytes) -> Any:
+    """``--floor=raw``: the reactor alone. A bare Protocol that answers every request head with
+    prepared bytes (same headers as twisted.web sends), honouring ``Connection: close``; no
+    HTTP parsing beyond finding the end of the head. Not a server, a measuring stick."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    head = (b"HTTP/1.1 200 OK\r\nServer: TwistedWeb\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body))
+    keep, close = head + b"\r\n" + body, head + b"Connection: close\r\n\r\n" + body
+
+    class Raw(Protocol):
+        buf = b""
+
+        def dataReceived(self, data: bytes) -> None:
+            self.buf += data
+            while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+                request, self.buf = self.buf[:end], self.buf[end + 4 :]
+                if b"connection: close" in request.lower():
+                    self.transport.write(close)
+                    self.transport.loseConnection()
+                    return
+                self.transport.write(keep)
+
+    factory = Factory.forProtocol(Raw)
+    factory.noisy = False
+    return factory
+
+
 def _log_at_error() -> None:
     """What ``twistd --logger=smee.logs.observer smee --log-level=error`` does (as the benchmarks run smee)."""
     from twisted.logger import globalLogBeginner
@@ -178,7 +310,7 @@ def round_main(a: argparse.Namespace) -> None:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as directory:
         svc = build(reactor, directory)
-        port = svc.port.getHost().port
+        port = (floor(reactor, svc, a.floor) if a.floor else svc.port).getHost().port
 
         class Client(protocol.ProcessProtocol):
             buf = b""
@@ -205,6 +337,8 @@ def round_main(a: argparse.Namespace) -> None:
                 reactor.stop()
 
         argv = [sys.executable, __file__, "--client", str(port), a.path, str(a.requests), str(a.concurrency)]
+        if a.keep_alive:
+            argv.append("keep-alive")
         proc = reactor.spawnProcess(Client(), sys.executable, argv, env=os.environ.copy())
         killer = reactor.callLater(LIMIT + 10, proc.signalProcess, "KILL")
         reactor.run()
@@ -236,6 +370,10 @@ def server_main(a: argparse.Namespace) -> None:
         profiled = a.profile and i == a.runs
         argv = [sys.executable, __file__, "--round", "--requests", str(a.requests),
                 "--concurrency", str(a.concurrency), "--path", a.path]
+        if a.keep_alive:
+            argv.append("--keep-alive")
+        if a.floor:
+            argv.append(f"--floor={a.floor}")
         if profiled:
             argv += ["--profile", "--top", str(a.top)]
         if a.show and i == 0:
@@ -256,7 +394,8 @@ def server_main(a: argparse.Namespace) -> None:
                                               for k, v in summary.items()))
     best_rate = max(r["requests_per_s"] for r in rounds)
     best_cpu = min(r["cpu_us_per_request"] for r in rounds)
-    print(f"best of {len(rounds)}: {a.requests} requests, concurrency {a.concurrency}, {a.path}: "
+    how = ("keep-alive" if a.keep_alive else "a new connection each") + (f", {a.floor} floor" if a.floor else "")
+    print(f"best of {len(rounds)}: {a.requests} requests ({how}), concurrency {a.concurrency}, {a.path}: "
           f"{best_rate:.0f} requests/s, {best_cpu:.0f} us server CPU per request "
           f"(at most {1e6 / best_cpu:.0f} requests/s on one core)")
 
@@ -271,6 +410,10 @@ def main() -> None:
     p.add_argument("--path", default=f"/{MAC}/auto.ipxe")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--keep-alive", action="store_true", help="persistent connections instead of one per request")
+    p.add_argument("--floor", choices=("web", "raw"),
+                   help="serve the same bytes from a bare twisted.web resource (web) or a bare Twisted "
+                        "Protocol (raw) instead of smee: what Twisted itself costs")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--show", action="store_true", help="print the first response's headers")
     p.add_argument("--round", action="store_true", help=argparse.SUPPRESS)

@@ -782,3 +782,94 @@ def test_client_gone_during_lookup() -> None:
     assert line["aborted"] is True
     assert formatted([line])[0] == f"127.0.0.1 GET /{MAC}/auto.ipxe aborted 0 bytes 0.0 ms"
     assert server.clock.getDelayedCalls() == []
+
+
+# --- the hot route without Klein (IPXEApp.answer_now) ------------------------------
+
+
+class SyncBackend(FakeBackend):
+    """A FakeBackend that also answers by MAC synchronously, as the file backend does (``by_mac_now``)."""
+
+    def by_mac_now(self, mac: str) -> Any:
+        self.calls.append(("mac_now", mac))
+        value = self.answers.get(self._key(mac), self.default)
+        if isinstance(value, BaseException):
+            raise value
+        assert not isinstance(value, defer.Deferred), "a synchronous backend has no slow answers"
+        return value
+
+
+def _exchange(server: Server, path: str, method: str, headers: dict[str, str] | None) -> dict[str, Any]:
+    """Everything a client and an operator see of one request: the answer, the log, the counters."""
+    with capturedLogs() as events:
+        r = server.fetch(path, method, headers=headers)
+    seen = {name: values for name, values in r.headers.getAllRawHeaders() if name.lower() != b"date"}
+    log = []
+    for e in events:
+        failure = e.get("log_failure")
+        if failure is not None:  # the traceback's frames differ; what failed and the message do not
+            log.append((e["log_level"], e["log_format"], repr(failure.value)))
+        else:
+            log.append((e["log_level"], formatted([e])[0]))
+    counters = [line for line in generate_latest(server.metrics).decode().splitlines() if "_created" not in line]
+    return {"code": r.code, "headers": seen, "body": r.body, "log": log, "metrics": counters}
+
+
+def _prepare(server: Server, case: str) -> None:
+    if case == "unknown":
+        return
+    known(server, allow_pxe=case != "not-allowed")
+    if case == "lookup-failed":
+        server.backend.set(MAC, LookupFailed("two records claim 52:54:00:aa:88:2a"))
+    elif case == "lookup-raises":
+        server.backend.set(MAC, RuntimeError("backend bug"))
+    elif case == "script-error":
+        server.installers.error = ScriptError("facility: 'x\\nshell' contains U+000A")
+    elif case == "installer-bug":
+        server.installers.error = RuntimeError("installer bug")
+
+
+@pytest.mark.parametrize("case", [
+    "known", "unknown", "not-allowed", "lookup-failed", "lookup-raises", "script-error", "installer-bug",
+])
+@pytest.mark.parametrize("path, method, headers, taken", [
+    (f"/{MAC}/auto.ipxe", "GET", None, True),
+    (f"/{MAC.upper()}/auto.ipxe", "GET", None, True),
+    ("/5254.00aa.882a/auto.ipxe?x=1", "GET", {"User-Agent": "iPXE/1.21.1"}, True),
+    (f"/{MAC}/auto.ipxe", "GET", {"Host": "smee.test:8080"}, True),
+    (f"/{MAC}/auto.ipxe", "HEAD", None, False),
+    (f"/{MAC}/auto.ipxe", "POST", None, False),
+    ("/52%3A54%3A00%3Aaa%3A88%3A2a/auto.ipxe", "GET", None, False),
+    (f"/{MAC}/auto.ipxe", "GET", {"Host": "a..b"}, False),  # werkzeug's BadHost: Twisted's 500 page
+    (f"//{MAC}/auto.ipxe", "GET", None, False),
+    (f"/{MAC}/auto.ipxe/", "GET", None, False),
+])
+def test_answer_now_is_the_routed_answer(
+    case: str, path: str, method: str, headers: dict[str, str] | None, taken: bool
+) -> None:
+    """With a synchronous backend, the answer, the access line and the counters are the routed ones."""
+    routed, now = Server(), Server(SyncBackend())
+    for server in (routed, now):
+        _prepare(server, case)
+    expected = _exchange(routed, path, method, headers)
+    assert _exchange(now, path, method, headers) == expected
+    assert ("mac_now" in {by for by, _ in now.backend.calls}) is taken
+
+
+@pytest.mark.parametrize("mode, static", [("auto-proxy", "#!ipxe\necho static\n"), ("reservation", None)])
+@pytest.mark.parametrize("enabled", [True, False])
+def test_answer_now_modes(mode: str, static: str | None, enabled: bool) -> None:
+    routed = Server(mode=mode, static_script=static, scripts_enabled=enabled)
+    now = Server(SyncBackend(), mode=mode, static_script=static, scripts_enabled=enabled)
+    path = "/52:54:00:00:00:99/auto.ipxe"
+    assert _exchange(now, path, "GET", None) == _exchange(routed, path, "GET", None)
+
+
+def test_answer_now_is_taken_only_for_get_with_a_mac() -> None:
+    server = Server(SyncBackend())
+    known(server)
+    assert server.fetch(f"/{MAC.upper()}/auto.ipxe").code == 200
+    assert server.fetch(f"/{MAC}/auto.ipxe", method="HEAD").code == 200
+    assert server.fetch("/52%3A54%3A00%3Aaa%3A88%3A2a/auto.ipxe").code == 200
+    assert server.fetch("/auto.ipxe", client=IP).code == 200
+    assert server.backend.calls == [("mac_now", MAC), ("mac", MAC), ("mac", MAC), ("ip", IPv4Address(IP))]

@@ -223,3 +223,42 @@ def test_auto_proxy_serves_the_static_script_to_unknown_machines(tmp_path: Path)
     client.flush()
     text = body.result
     assert "set download-url http://192.0.2.1/hook" in text and "set worker_id ${mac}" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_port_file_backend_answers_scripts_without_a_deferred(hwfile: str) -> None:
+    """As ``twistd smee`` wires it, the file backend's by_mac_now reaches the app (through
+    the metrics wrapper), and /<mac>/auto.ipxe is answered without by_mac, on persistent
+    and on one-shot connections alike."""
+    from twisted.internet import reactor
+
+    from smee import tap
+
+    o = options(hwfile, "--osie-url=http://192.0.2.1/hook", "--log-level=error")
+    backend = tap._makeBackend(o.settings, reactor)
+    svc = makeService(o.settings, tap.makeRuntime(o.settings, backend, reactor), reactor)
+
+    def no_deferreds(mac: str) -> Any:
+        raise AssertionError(f"by_mac({mac!r}) called: the synchronous path was not taken")
+
+    svc.app.backend.by_mac = no_deferreds
+    svc.address = ("127.0.0.1", 0)
+    svc.privilegedStartService()
+    svc.startService()
+    pools = [HTTPConnectionPool(reactor, persistent=True), HTTPConnectionPool(reactor, persistent=False)]
+    try:
+        url = f"http://127.0.0.1:{svc.port.getHost().port}/52-54-00-00-00-01/auto.ipxe"
+        for pool in pools:
+            for _ in range(2):
+                r = await treq.get(url, pool=pool)
+                assert r.code == 200
+                text = await r.text()
+                assert text.startswith("#!ipxe") and "set download-url http://192.0.2.1/hook" in text
+        r = await treq.get(url.replace("52-54-00-00-00-01", "52:54:00:00:00:99"), pool=pools[0])
+        assert r.code == 404 and (await r.text()).startswith("#!ipxe\necho smee: no hardware with MAC")
+        counted = generate_latest(svc.app.metrics).decode()
+        assert 'http_requests_total{code="200",route="auto.ipxe"} 4.0' in counted
+    finally:
+        for pool in pools:
+            await pool.closeCachedConnections()
+        await svc.stopService()

@@ -35,12 +35,18 @@ Every answer is deliberate: an unknown machine gets a short iPXE-readable
 a 500, and an unexpected exception a plain 500 whose details go to the log,
 never to the client. The whole request is logged as one line when it ends
 (:class:`AccessLog`), with the reason for any refusal in it.
+
+The request a boot storm is made of, ``GET /<mac>/auto.ipxe``, is answered
+before Klein when the backend can look a MAC up synchronously (the file
+backend's ``by_mac_now``): same code after the lookup, same answer, same
+access line, about a third less CPU per request (:meth:`IPXEApp.answer_now`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -53,6 +59,7 @@ from twisted.internet.defer import TimeoutError as LookupTimeout
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from installers.registry import Context
@@ -82,6 +89,11 @@ DEFAULT_LOOKUP_TIMEOUT = 3.0
 SCRIPT_NAME = "auto.ipxe"
 #: Rendered scripts kept for reuse (one per machine interface that asked, oldest dropped first).
 SCRIPTS_KEPT = 4096
+_SCRIPT_SUFFIX = b"/" + SCRIPT_NAME.encode("ascii")
+#: a MAC already as :func:`smee.hardware.normalize_mac` writes it (aa:bb:cc:dd:ee:ff)
+_NORMAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+#: Host headers remembered by the fast path (forgotten all at once when full)
+_HOSTS_KEPT = 256
 
 _TEXT = b"text/plain; charset=utf-8"
 _BINARY = b"application/octet-stream"
@@ -248,7 +260,8 @@ class AccessLog(Resource):
     isLeaf = True
 
     def __init__(self, wrapped: Resource, clock: Any, client_of: Callable[[Any], str],
-                 metrics: Metrics | None = None, min_level: str = "debug") -> None:
+                 metrics: Metrics | None = None, min_level: str = "debug",
+                 answer_now: Callable[[Any], bytes | None] | None = None) -> None:
         super().__init__()
         self._metrics = metrics
         self._wrapped = wrapped
@@ -256,11 +269,38 @@ class AccessLog(Resource):
         self._client_of = client_of
         #: lines below this priority (--log-level) are never built: nothing would write them
         self._min_priority = _PRIORITY[LogLevel.levelWithName(min_level)]
+        #: the app's synchronous answer for the hot route, tried before ``wrapped`` (None: not now)
+        self._answer_now = answer_now
+        #: (route, status) → the http_requests_total child: one dict probe per request
+        self._counted: dict[tuple[str, int], Any] = {}
 
     def render(self, request: Any) -> Any:
         started = self._clock.seconds()
+        answer_now = self._answer_now
+        if answer_now is not None:
+            body = answer_now(request)
+            if body is not None:
+                return self._finish_now(request, body, started)
         request.notifyFinish().addBoth(self._done, request, started)
         return self._wrapped.render(request)
+
+    def _finish_now(self, request: Any, body: bytes, started: float) -> Any:
+        """Send an answer that was ready at once, then log it: no finish Deferred to wait on.
+
+        Exactly what notifyFinish would have produced: Twisted's
+        ``Request.render`` would write the same bytes and finish; a request
+        finished inside this call cannot have lost its connection first
+        (nothing else runs in between), and a pipelined request that
+        ``finish`` goes on to serve is logged before this one either way.
+        """
+        try:
+            request.write(body)
+            request.finish()
+        except BaseException:
+            request.notifyFinish().addBoth(self._done, request, started)  # Twisted answers the error
+            raise
+        self._done(None, request, started)
+        return NOT_DONE_YET
 
     def _done(self, result: Any, request: Any, started: float) -> None:
         try:
@@ -273,7 +313,11 @@ class AccessLog(Resource):
         code = int(request.code)
         metrics = self._metrics
         if metrics is not None:
-            metrics.child(metrics.http_requests, route_of(request), str(code)).inc()
+            key = (route_of(request), code)
+            counter = self._counted.get(key)
+            if counter is None:
+                counter = self._counted[key] = metrics.child(metrics.http_requests, key[0], str(code))
+            counter.inc()
         path = request.path
         if note.get("level") is not None:
             level = note["level"]
@@ -386,6 +430,10 @@ class IPXEApp:
         self._autoexec_error = ""
         #: (id(hardware), id(interface)) → (hardware, interface, registry generation, script); see _render
         self._scripts: dict[tuple[int, int], tuple[Any, Any, Any, bytes]] = {}
+        #: the backend's synchronous lookup by MAC, if it has one (see answer_now)
+        self._by_mac_now: Callable[[str], Match | None] | None = getattr(backend, "by_mac_now", None)
+        #: Host headers → whether werkzeug accepts their names (see _host_routable)
+        self._hosts: dict[bytes, bool] = {}
         if config.mode != "reservation" and config.dhcp is not None:
             # Proxy modes do not look the client up, so the script is the same for everyone.
             try:
@@ -396,15 +444,91 @@ class IPXEApp:
 
     def resource(self) -> Resource:
         """The root resource for a twisted.web Site: the routes behind the access log."""
-        return AccessLog(self.app.resource(), self.clock, self.client, self.metrics, self.config.log_level)
+        return AccessLog(self.app.resource(), self.clock, self.client, self.metrics, self.config.log_level,
+                         answer_now=self.answer_now if self._by_mac_now is not None else None)
 
     def client(self, request: Any) -> str:
         """The address of the machine that made ``request`` (X-Forwarded-For through trusted proxies)."""
+        trusted = self.config.trusted_proxies
+        if not trusted:  # nobody's X-Forwarded-For counts: no header decoding, no address parsing
+            return _peer(request)
         return client_ip(
             _peer(request),
             [h.decode("latin-1") for h in request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])],
-            self.config.trusted_proxies,
+            trusted,
         )
+
+    # --- the hot route, without Klein ---
+
+    def answer_now(self, request: Any) -> bytes | None:
+        """``GET /<mac>/auto.ipxe`` answered synchronously, or None to let Klein route the request.
+
+        iPXE asks for its script once per boot, so this is the request a boot
+        storm is made of. With a backend that answers from memory
+        (``by_mac_now``, the file backend) there is nothing to wait for, and
+        Klein's routing (werkzeug map binding and matching, two Deferreds,
+        a coroutine, three finish notifications) is most of the time spent.
+        The answer is exactly the routed one: only a path Klein would send to
+        :meth:`script` with a MAC in it qualifies (no percent escapes, three
+        elements, a valid MAC, a Host werkzeug accepts), and it goes through
+        the same code after the lookup (:meth:`_script_answer`); anything
+        else, HEAD included, returns None and takes the routed way.
+        """
+        if request.method != b"GET" or not self.config.scripts_enabled:
+            return None
+        path = request.path
+        if not path.endswith(_SCRIPT_SUFFIX) or b"%" in path:
+            return None
+        parts = path.split(b"/")
+        if len(parts) != 3:
+            return None
+        try:
+            mac = parts[1].decode("ascii")
+            if _NORMAL_MAC.fullmatch(mac) is None:  # iPXE's ${net0/mac} is already in the normal form
+                mac = normalize_mac(mac)
+        except (UnicodeDecodeError, HardwareError):
+            return None
+        if not self._host_routable(request):
+            return None
+        try:
+            try:
+                match = self._find_now(mac)
+                return self._script_answer(request, match, f"MAC {mac}")
+            except _Refused as refused:
+                return self._refuse(request, refused)
+        except Exception:
+            return self._internal_error(request, Failure())
+
+    def _host_routable(self, request: Any) -> bool:
+        """Whether Klein would route this request's Host (else werkzeug's BadHost → Twisted's 500).
+
+        Klein hands werkzeug the Host name decoded as UTF-8, which lower-cases
+        it, drops any port and IDNA-encodes it; the few names clients send are
+        remembered.
+        """
+        header = request.getHeader(b"host")
+        known = self._hosts.get(header) if header is not None else None
+        if known is None:
+            try:
+                request.getRequestHostname().decode("utf-8").lower().partition(":")[0].encode("idna")
+                known = True
+            except UnicodeError:
+                known = False
+            if header is not None:  # without one, the name is the local address's
+                if len(self._hosts) >= _HOSTS_KEPT:
+                    self._hosts.clear()
+                self._hosts[header] = known
+        return known
+
+    def _find_now(self, mac: str) -> Match | None:
+        """:meth:`_find` by MAC through the backend's synchronous ``by_mac_now``; same refusals."""
+        try:
+            return self._by_mac_now(mac)
+        except LookupFailed as e:
+            raise _Refused(503, _ipxe_message("hardware lookup failed, try again"),
+                           f"backend lookup by mac {mac} failed: {e}", outcome="lookup-failed") from None
+        except Exception:
+            raise self._lookup_error("mac", mac) from None
 
     # --- responses ---
 
@@ -444,6 +568,9 @@ class IPXEApp:
     @app.handle_errors(Exception)
     def _unexpected(self, request: Any, failure: Failure) -> bytes:
         """A bug: the traceback goes to the log, the client gets a plain 500."""
+        return self._internal_error(request, failure)
+
+    def _internal_error(self, request: Any, failure: Failure) -> bytes:
         log.failure(
             "error answering {method} {uri}", failure, LogLevel.error,
             method=request.method.decode("ascii", "replace"),
@@ -607,12 +734,16 @@ class IPXEApp:
                 ip = self.client(request)
                 match = await self._find("ip", ip)
                 what = f"IP {ip}"
-            if match is None and self._static is not None:
-                _note(request, f"no hardware with {what}: static script (auto-proxy)")
-                return self._respond(request, 200, self._static)
-            self._gate(match, what)
+            return self._script_answer(request, match, what)
         except _Refused as refused:
             return self._refuse(request, refused)
+
+    def _script_answer(self, request: Any, match: Match | None, what: str) -> bytes:
+        """The script route after the lookup (routed or :meth:`answer_now`); raises _Refused."""
+        if match is None and self._static is not None:
+            _note(request, f"no hardware with {what}: static script (auto-proxy)")
+            return self._respond(request, 200, self._static)
+        self._gate(match, what)
         assert match is not None
         hw, iface = match.hardware, match.interface
         try:

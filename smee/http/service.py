@@ -20,7 +20,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.web import server
+from twisted.web import http, server
 
 from smee.http.app import HTTPConfig, IPXEApp
 from smee.listen import TCP_LISTEN_BACKLOG, BindError, ListeningService, bind_hint
@@ -44,6 +44,9 @@ class Site(server.Site):
     """
 
     noisy = False
+    #: HTTP/1.1 only: plain TCP never negotiates HTTP/2, so Twisted's protocol-switching
+    #: wrapper (one more object and call per connection and per read) buys nothing.
+    protocol = http.HTTPChannel
 
     def log(self, request: Any) -> None:
         """The access log is written by the resource (see the class docstring)."""

@@ -69,8 +69,10 @@ def client_ip(peer: str, forwarded_for: Sequence[str] | None, trusted: Sequence[
 
     Addresses are returned in canonical form (``IPv4Address`` text).
     """
+    if not trusted:  # the usual case: nothing to parse
+        return peer
     address = _ipv4(peer)
-    if address is None or not trusted or not _trusted(address, trusted):
+    if address is None or not _trusted(address, trusted):
         return peer
     last = address
     for entry in reversed(forwarded_entries(forwarded_for)):

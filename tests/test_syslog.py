@@ -183,7 +183,7 @@ def test_messages_wait_for_the_lookup_in_flight_and_stay_in_order() -> None:
 
 
 def test_too_many_waiting_are_logged_at_once() -> None:
-    proto, _ = make(FakeBackend({IP: defer.Deferred()}))
+    proto, _ = make(FakeBackend({IP: defer.Deferred()}), burst=MAX_WAITING + 2)
     with capturedLogs() as events:
         for i in range(MAX_WAITING + 2):
             proto.datagramReceived(b"<14>app: %d" % i, SRC)
@@ -379,3 +379,66 @@ def test_tap_without_syslog(tmp_path: Any) -> None:
         top = _tap(tmp_path, "--syslog-enabled=false")
     assert "syslog" not in [s.name for s in top]
     assert "syslog disabled by configuration" in formatted(events)
+
+
+# --- per-sender limit ------------------------------------------------------------------
+
+
+def test_flooding_sender_is_limited_and_others_are_not() -> None:
+    """One address sending 5,000 lines at once gets its burst through; another machine loses nothing."""
+    counter = Counter()
+    proto, clock = make(messages=counter, rate=50, burst=100)
+    other = ("192.0.2.11", 4000)
+    with capturedLogs() as events:
+        for i in range(5000):
+            proto.datagramReceived(b"<6>flood: line %d" % i, SRC)
+            if i % 1000 == 0:
+                proto.datagramReceived(b"<6>installer: step %d" % i, other)
+    lines = machine(events)
+    assert sum(e["host"] == IP for e in lines) == 100
+    assert [e["msg"] for e in lines if e["host"] == other[0]] == [f"step {i}" for i in range(0, 5000, 1000)]
+    assert counter.counts["rate-limited"] == 4900 and counter.counts["parsed"] == 105
+    # machine lines carry no "outcome": the observer's per-kind limiter must not lump all senders together
+    assert all("outcome" not in e for e in lines)
+
+
+def test_dropped_lines_are_summed_up_once_and_the_bucket_refills() -> None:
+    proto, clock = make(rate=10, burst=5)
+    with capturedLogs() as events:
+        for _ in range(8):
+            proto.datagramReceived(b"<6>x: y", SRC)
+        clock.advance(1.0)  # 10 tokens back, capped at the burst of 5
+        for _ in range(6):
+            proto.datagramReceived(b"<6>x: y", SRC)
+    warnings = [e for e in events if e.get("log_namespace") == "smee.syslog" and e["log_level"] == LogLevel.warn]
+    assert [(e["host"], e["dropped"]) for e in warnings] == [(IP, 3)]  # written when the sender was let in again
+    assert len(machine(events)) == 5 + 5
+    with capturedLogs() as events:
+        clock.advance(60)  # the summary timer of the second burst
+    assert [(e["host"], e["dropped"]) for e in events if "dropped" in e] == [(IP, 1)]
+    assert clock.getDelayedCalls() == []
+
+
+def test_summaries_at_shutdown_and_for_forgotten_senders(monkeypatch: pytest.MonkeyPatch) -> None:
+    import smee.syslog.protocol as mod
+
+    monkeypatch.setattr(mod, "MAX_SENDERS", 3)
+    proto, clock = make(rate=1, burst=1)
+    with capturedLogs() as events:
+        for n in range(5):
+            host = (f"192.0.2.{20 + n}", 514)
+            proto.datagramReceived(b"<6>a: b", host)
+            proto.datagramReceived(b"<6>a: b", host)  # over the limit
+        assert len(proto._buckets) == 3  # bounded: the longest-idle senders were forgotten (and summed up)
+        proto.stopProtocol()
+    dropped = sorted((e["host"], e["dropped"]) for e in events if "dropped" in e)
+    assert dropped == [(f"192.0.2.{20 + n}", 1) for n in range(5)]
+    assert [c for c in clock.getDelayedCalls() if c.active()] == []
+
+
+def test_limit_off() -> None:
+    proto, _ = make(rate=0)
+    with capturedLogs() as events:
+        for _ in range(1000):
+            proto.datagramReceived(b"<6>a: b", SRC)
+    assert len(machine(events)) == 1000

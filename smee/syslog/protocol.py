@@ -13,6 +13,12 @@ A datagram that does not parse is logged at info, raw (repr, cut), in the
 same namespace with ``outcome="malformed"``: nothing is dropped silently and
 nothing a client sends can raise out of ``datagramReceived``.
 
+Each sender gets a token bucket (``rate`` lines per second, ``burst`` at once):
+a flood from one address, parsed or not, costs bounded log volume and never
+crowds out the lines of other machines. Lines over the limit are counted
+(``outcome="rate-limited"``) and summed up in one warning per sender: when it
+is allowed again, after ``SUMMARY_DELAY`` seconds, or at shutdown.
+
 The MAC is looked up by the sender's IP for every message, with no cache
 (the backend has its own indexes), bounded by ``lookup_timeout``. Messages
 from an IP whose lookup is in flight wait for that same lookup, so one
@@ -48,6 +54,14 @@ RAW_SHOWN = 512
 #: Characters of a message kept as the timeline's detail (the log line has it all).
 TIMELINE_TEXT = 200
 
+#: Lines per second and burst allowed from one sender (an installer's chatter fits easily).
+DEFAULT_RATE = 50.0
+DEFAULT_BURST = 200
+#: Senders tracked at once; the longest-idle is forgotten first (a flood of spoofed sources).
+MAX_SENDERS = 4096
+#: Seconds after a sender's first dropped line that its "dropped N lines" summary is written.
+SUMMARY_DELAY = 10.0
+
 _LEVELS = (
     LogLevel.error, LogLevel.error, LogLevel.error, LogLevel.error,
     LogLevel.warn, LogLevel.info, LogLevel.info, LogLevel.debug,
@@ -77,8 +91,14 @@ class SyslogProtocol(DatagramProtocol):
         lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
         messages: Any = None,
         timeline: Any = None,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
     ) -> None:
         self.backend = backend
+        self.rate = rate
+        self.burst = burst
+        #: sender IP → [tokens, last refill time, lines dropped since the last summary, summary timer]
+        self._buckets: dict[str, list[Any]] = {}
         self.reactor = reactor
         self.lookup_timeout = lookup_timeout
         self.messages = messages
@@ -98,10 +118,58 @@ class SyslogProtocol(DatagramProtocol):
         # Cancelling logs what was waiting (without MAC): nothing is lost at shutdown.
         for d, _ in list(self._waiting.values()):
             d.cancel()
+        for host in list(self._buckets):
+            self._summarise(host)
+
+    # --- per-sender limit ---------------------------------------------------------
+
+    def _allowed(self, host: str) -> bool:
+        """Take a token from ``host``'s bucket; False (and counted) when it is empty."""
+        if self.rate <= 0:
+            return True
+        now = self.reactor.seconds()
+        buckets = self._buckets
+        bucket = buckets.pop(host, None)  # re-inserted last: the dict stays in least-recently-used order
+        if bucket is None:
+            if len(buckets) >= MAX_SENDERS:
+                self._summarise(next(iter(buckets)), forget=True)
+            bucket = [float(self.burst), now, 0, None]
+        else:
+            bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        buckets[host] = bucket
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            if bucket[2]:
+                self._summarise(host)
+            return True
+        bucket[2] += 1
+        self._count("rate-limited")
+        if bucket[3] is None:
+            bucket[3] = self.reactor.callLater(SUMMARY_DELAY, self._summarise, host, True)
+        return False
+
+    def _summarise(self, host: str, timer_fired: bool = False, forget: bool = False) -> None:
+        """One warning for the lines dropped from ``host`` since its last summary."""
+        bucket = self._buckets.pop(host, None) if forget else self._buckets.get(host)
+        if bucket is None:
+            return
+        dropped, timer = bucket[2], bucket[3]
+        bucket[2], bucket[3] = 0, None
+        if timer is not None and not timer_fired and timer.active():
+            timer.cancel()
+        if dropped:
+            log.warn(
+                "syslog from {host}: dropped {dropped} lines over the limit of {rate:g} per second "
+                "(burst {burst})",
+                host=host, dropped=dropped, rate=self.rate, burst=self.burst,
+            )
 
     # --- internals --------------------------------------------------------------
 
     def _received(self, data: bytes, host: str) -> None:
+        if not self._allowed(host):
+            return
         try:
             message = parse(data)
         except SyslogParseError as e:
@@ -182,7 +250,6 @@ class SyslogProtocol(DatagramProtocol):
             host=host,
             mac=mac,
             lookup=lookup,
-            outcome="logged",
         )
         if mac is not None and self.timeline is not None:
             try:

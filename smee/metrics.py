@@ -135,6 +135,9 @@ class Metrics:
             ["type", "outcome"], registry=r)
         self.tftp_transfers = _Counter(
             "tftp_transfers", "TFTP read requests, by file and outcome", ["file", "outcome"], registry=r)
+        self.tftp_datagrams = _Counter(
+            "tftp_datagrams", "TFTP datagrams on the listening port that are not read requests, by outcome",
+            ["outcome"], registry=r)
         self.tftp_bytes = _Counter(
             "tftp_bytes", "TFTP file bytes sent, by file", ["file"], registry=r)
         self.tftp_transfer_seconds = _Histogram(

@@ -15,6 +15,8 @@ netascii conversions) are not worth an entry and are not cached.
 
 from __future__ import annotations
 
+import struct
+import sys
 from collections import OrderedDict
 
 from smee.tftp.packet import data_header
@@ -27,6 +29,16 @@ MIN_SIZE = 32 * 1024
 
 #: Total bytes of datagrams kept (every block of every entry).
 MAX_BYTES = 32 * 1024 * 1024
+
+#: Smaller block sizes are built per block: no real client asks for less than
+#: RFC 1350's 512, and a client asking blksize 8 (RFC 2348's minimum) would
+#: otherwise have a datagram object built and kept for every 8 bytes of a file.
+MIN_BLKSIZE = 512
+
+#: What each block costs beyond its bytes: a bytes object's header and the
+#: list's pointer to it. Counted, so that ``max_bytes`` bounds real memory
+#: (at small block sizes the headers outweigh the data several times).
+BLOCK_OVERHEAD = sys.getsizeof(b"") + struct.calcsize("P")
 
 
 def build_blocks(data: bytes, blksize: int) -> list[bytes]:
@@ -49,7 +61,7 @@ class BlockCache:
         self.max_bytes = max_bytes
         self.min_size = min_size
         self._entries: OrderedDict[tuple[int, int], tuple[bytes, list[bytes], int]] = OrderedDict()
-        #: bytes of datagrams held
+        #: bytes held: the datagrams and their objects (see :data:`BLOCK_OVERHEAD`)
         self.size = 0
 
     def __len__(self) -> int:
@@ -57,15 +69,15 @@ class BlockCache:
 
     def blocks(self, data: bytes, blksize: int) -> list[bytes] | None:
         """The datagrams of ``data`` at ``blksize`` (built now if new), or None when not worth caching."""
-        if len(data) < self.min_size:
+        if len(data) < self.min_size or blksize < MIN_BLKSIZE:
             return None
         key = (id(data), blksize)
         entry = self._entries.get(key)
         if entry is not None and entry[0] is data:
             self._entries.move_to_end(key)
             return entry[1]
-        # Each datagram: the block plus its 4-byte header.
-        size = len(data) + 4 * (len(data) // blksize + 1)
+        # Each datagram: the block, its 4-byte header and the object around it.
+        size = len(data) + (4 + BLOCK_OVERHEAD) * (len(data) // blksize + 1)
         if size > self.max_bytes:
             return None
         blocks = build_blocks(data, blksize)

@@ -41,6 +41,7 @@ Nothing that arrives on the wire and nothing a backend does makes
 from __future__ import annotations
 
 
+import math
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any, Callable
@@ -65,6 +66,7 @@ from smee.tftp.packet import (
     ERR_NOT_FOUND,
     ERR_UNDEFINED,
     ERR_UNKNOWN_TID,
+    ERROR,
     RRQ,
     WRQ,
     Error,
@@ -73,7 +75,7 @@ from smee.tftp.packet import (
     encode_error,
     parse,
 )
-from smee.tftp.session import ReadSession, negotiate, to_netascii
+from smee.tftp.session import MIN_TIMEOUT, OPTIONS, ReadSession, negotiate, to_netascii
 
 __all__ = [
     "TFTPConfig",
@@ -98,8 +100,15 @@ LARGEST_BLKSIZE = 65464
 
 _MODES = ("octet", "netascii")
 
+#: The first two bytes of an ERROR datagram.
+_ERROR_OPCODE = ERROR.to_bytes(2, "big")
+
 #: The ``file`` label of requests for names smee does not serve.
 _OTHER = "other"
+
+#: Most characters of a client-supplied text (a refused file name, a parse
+#: error, a client's ERROR message) quoted in an ERROR or a log line.
+SHOWN_MAX = 128
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,29 @@ def _client(addr: tuple[str, int]) -> str:
     return f"{addr[0]}:{addr[1]}"
 
 
+def _shown(text: str) -> str:
+    """A client-supplied text as it may be quoted in an ERROR or a log line: printable ASCII, bounded.
+
+    A requested name is the client's bytes as latin-1, as long as a
+    datagram: quoted verbatim, every refusal would be as large as the
+    request (a reflector for forged sources; past 65507 bytes it could not
+    even be sent) and would carry control characters to consoles. Short
+    printable names are quoted as they are, so refusals read as before.
+    """
+    if len(text) <= SHOWN_MAX and text.isascii() and text.isprintable():
+        return text
+    escaped = repr(text[:SHOWN_MAX])[1:-1].encode("ascii", "backslashreplace").decode("ascii")
+    if len(text) > SHOWN_MAX:
+        escaped += f"... ({len(text)} characters)"
+    return escaped
+
+
+def _bounded(text: str) -> str:
+    """``text`` (already printable, e.g. a parse error) cut to a few lines' worth for a log line."""
+    limit = 4 * SHOWN_MAX
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class _Transfer:
     """One read request from its RRQ until it is refused, finished or stopped.
 
@@ -161,7 +193,9 @@ class _Transfer:
         self.name = name
         self.mac = mac
         self.mode = request.mode.lower()
-        self.options = dict(request.options)
+        # Only what negotiate() reads: the rest (junk, or thousands of options
+        # in one RRQ) would be held for the whole transfer, per session.
+        self.options = {k: v for k, v in request.options.items() if k in OPTIONS}
         self.started = started
         #: bytes of the file as sent (after netascii conversion)
         self.size = 0
@@ -177,7 +211,8 @@ class SessionProtocol(DatagramProtocol):
     """The socket of one transfer (its TID): packets from the client go to the session.
 
     A packet from any other (ip, port) gets ERROR 5 and is otherwise
-    ignored, so a stray or spoofed packet cannot end someone's transfer.
+    ignored, so a stray or spoofed packet cannot end someone's transfer;
+    an ERROR from a stranger is ignored without an answer.
     The transport is a Twisted UDP port or a :class:`smee.tftp.mux.MuxPort`.
     """
 
@@ -258,6 +293,17 @@ class SessionProtocol(DatagramProtocol):
                 self.session.ack((data[2] << 8) | data[3])
                 return
             if (addr[0], addr[1]) != self.client:
+                if data[:2] == _ERROR_OPCODE:
+                    # Never answered (RFC 1350), least of all with an ERROR: two
+                    # transfer ports answering each other's ERROR 5 would
+                    # ping-pong for as long as both live, set off by one
+                    # datagram with a forged source.
+                    log.debug(
+                        "{file} to {client}: ignored ERROR from stranger {src}",
+                        file=self.name, client=_client(self.client), src=_client(addr),
+                        outcome="stray-error",
+                    )
+                    return
                 log.debug(
                     "{file} to {client}: ERROR 5 to stranger {src}",
                     file=self.name, client=_client(self.client), src=_client(addr),
@@ -271,7 +317,7 @@ class SessionProtocol(DatagramProtocol):
             except TFTPParseError as e:
                 log.debug(
                     "{file} to {client}: dropped malformed datagram: {error}",
-                    file=self.name, client=_client(addr), error=str(e), outcome="malformed",
+                    file=self.name, client=_client(addr), error=_bounded(str(e)), outcome="malformed",
                 )
                 return
             if self.session is not None:
@@ -342,6 +388,12 @@ class TFTPServerProtocol(DatagramProtocol):
         self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
         #: the DATA datagrams of the binaries, per block size, shared by their transfers
         self.blocks = BlockCache()
+        #: binary name → (contents, their netascii form): converted once, not per transfer
+        #: (a 9 MiB ipxe.iso asked for in netascii by every session would be a copy each)
+        self._netascii: dict[str, tuple[bytes, bytes]] = {}
+        #: the longest ``timeout`` option granted: the server's own, so that a
+        #: client cannot make its session outlive what --tftp-timeout allows
+        self._max_timeout = max(MIN_TIMEOUT, math.ceil(config.timeout))
         #: the transfer sockets' reader (built at the first transfer when None and wanted)
         self._mux: TransferMux | None = mux if mux not in (None, False, True) else None
         self._want_mux: bool = mux is not False and (mux is not None or _mux_supported(reactor))
@@ -360,6 +412,17 @@ class TFTPServerProtocol(DatagramProtocol):
         metrics = self.metrics
         if metrics is not None:
             metrics.child(metrics.tftp_transfers, file, outcome).inc()
+
+    def _junk(self, outcome: str) -> None:
+        """A datagram on the listening port that is no read request: tftp_datagrams_total{outcome}.
+
+        Counted only when the metrics have that counter (``tftp_datagrams``):
+        tftp_transfers_total counts read requests, and a WRQ or a stray ACK is none.
+        """
+        metrics = self.metrics
+        counter = getattr(metrics, "tftp_datagrams", None)
+        if counter is not None:
+            metrics.child(counter, outcome).inc()
 
     # --- Twisted entry points ----------------------------------------------
 
@@ -391,8 +454,9 @@ class TFTPServerProtocol(DatagramProtocol):
             except TFTPParseError as e:
                 log.info(
                     "dropped malformed TFTP datagram from {client}: {error}",
-                    client=_client(client), error=str(e), outcome="malformed",
+                    client=_client(client), error=_bounded(str(e)), outcome="malformed",
                 )
+                self._junk("malformed")
                 return
             if isinstance(packet, Request):
                 if packet.opcode == RRQ:
@@ -400,8 +464,9 @@ class TFTPServerProtocol(DatagramProtocol):
                 elif packet.opcode == WRQ:
                     log.info(
                         "refused write of {file} from {client}: smee is read-only",
-                        file=packet.filename, client=_client(client), outcome="write-refused",
+                        file=_shown(packet.filename), client=_client(client), outcome="write-refused",
                     )
+                    self._junk("write-refused")
                     self._send(encode_error(ERR_ACCESS, "access violation: smee is read-only"), client)
                 return
             transfer = self._by_client.get(client)
@@ -411,13 +476,15 @@ class TFTPServerProtocol(DatagramProtocol):
             if isinstance(packet, Error):
                 log.debug(
                     "ignored stray ERROR {code} from {client}: {message}",
-                    code=packet.code, message=packet.message, client=_client(client), outcome="stray-error",
+                    code=packet.code, message=_shown(packet.message), client=_client(client), outcome="stray-error",
                 )
+                self._junk("stray-error")
                 return
             log.debug(
                 "ERROR 5 to {client}: {kind} belongs to no transfer",
                 kind=type(packet).__name__, client=_client(client), outcome="unknown-tid",
             )
+            self._junk("unknown-tid")
             self._send(encode_error(ERR_UNKNOWN_TID, "unknown transfer ID"), client)
         except Exception:
             log.failure(
@@ -455,15 +522,17 @@ class TFTPServerProtocol(DatagramProtocol):
         requested = request.filename
         mode = request.mode.lower()
         if mode not in _MODES:
-            self._refuse(client, ERR_UNDEFINED, f"unsupported mode {request.mode!r}", LogLevel.info,
-                         f"unsupported mode {request.mode!r}", file=requested, outcome="bad-mode")
+            shown = f"'{_shown(request.mode)}'"
+            self._refuse(client, ERR_UNDEFINED, f"unsupported mode {shown}", LogLevel.info,
+                         f"unsupported mode {shown}", file=_shown(requested), outcome="bad-mode")
             # Never the raw name as a label: metrics would grow with every typo.
             self._account(_OTHER, "bad-mode")
             return
         resolved = self._resolve(requested)
         if resolved is None:
-            self._refuse(client, ERR_NOT_FOUND, f"file [{requested}] not found", LogLevel.info,
-                         "no such file", file=requested, outcome="not-found")
+            shown = _shown(requested)
+            self._refuse(client, ERR_NOT_FOUND, f"file [{shown}] not found", LogLevel.info,
+                         "no such file", file=shown, outcome="not-found")
             self._account(_OTHER, "not-found")
             return
         name, mac = resolved
@@ -630,9 +699,10 @@ class TFTPServerProtocol(DatagramProtocol):
                 return
             binary = transfer.name != AUTOEXEC
             if transfer.mode == "netascii":
-                data, binary = to_netascii(data), False
+                data, binary = self._asNetascii(transfer.name, data, binary), False
             transfer.size = len(data)
-            negotiated = negotiate(transfer.options, len(data), self.config.max_blksize, self.config.timeout)
+            negotiated = negotiate(transfer.options, len(data), self.config.max_blksize, self.config.timeout,
+                                   max_timeout=self._max_timeout)
             def on_done(outcome: str, detail: str) -> None:
                 self._finished(transfer, outcome, detail)
 
@@ -671,6 +741,15 @@ class TFTPServerProtocol(DatagramProtocol):
             session.start()
         except Exception:
             self._internalError(transfer)
+
+    def _asNetascii(self, name: str, data: bytes, binary: bool) -> bytes:
+        """``data`` in netascii; a binary's conversion is kept (one per name, the binaries never change)."""
+        if not binary:
+            return to_netascii(data)  # autoexec.ipxe: small and per client
+        entry = self._netascii.get(name)
+        if entry is None or entry[0] is not data:
+            entry = self._netascii[name] = (data, to_netascii(data))
+        return entry[1]
 
     def _shared(self) -> bool:
         """More than one transfer in progress: a window is worth one GSO send (see ``SessionProtocol.send_many``)."""
@@ -735,8 +814,8 @@ class TFTPServerProtocol(DatagramProtocol):
             "{file} to {client}: {outcome} after {seconds:.3f}s, {amount}, "
             "blksize {blksize}, windowsize {windowsize}{detail_text}",
             file=transfer.name, client=_client(transfer.client), outcome=outcome, amount=amount,
-            seconds=seconds, size=transfer.size, detail=detail,
-            detail_text=f": {detail}" if detail else "", mac=transfer.mac,
+            seconds=seconds, size=transfer.size, detail=_shown(detail),
+            detail_text=f": {_shown(detail)}" if detail else "", mac=transfer.mac,
             bytes_sent=sent,
             retransmissions=getattr(session, "retransmissions", 0),
             blksize=blksize, windowsize=windowsize,

@@ -13,6 +13,7 @@ is fragmented, and many PXE ROMs cannot reassemble fragments, so a
 
 from __future__ import annotations
 
+import resource
 import socket
 from ipaddress import IPv4Address
 from typing import Any, Callable
@@ -26,7 +27,7 @@ from smee import netif
 from smee.listen import BindError, ListeningService, bind_hint, grow_port_buffer
 from smee.tftp.protocol import LARGEST_BLKSIZE, TFTPConfig, TFTPServerProtocol
 
-__all__ = ["TFTPService", "TFTPBindError", "makeService", "max_blksize", "interface_for"]
+__all__ = ["TFTPBindError", "TFTPService", "ensure_fd_limit", "interface_for", "makeService", "max_blksize"]
 
 log = Logger(namespace="smee.tftp")
 
@@ -43,6 +44,17 @@ DRAIN_POLL = 0.1
 #: The MTU assumed when the interface of --tftp-addr cannot be found (0.0.0.0,
 #: a secondary address): Ethernet's, the common case on provisioning networks.
 FALLBACK_MTU = 1500
+
+#: Largest datagram read on the listening port. Twisted reads 8192 bytes by
+#: default and silently cuts longer datagrams, so a long RRQ (a long name,
+#: many options) would be "malformed" (its last field unterminated) instead
+#: of refused for what it is; reading whole datagrams costs nothing extra.
+MAX_REQUEST = 65535
+
+#: Descriptors kept beyond one per transfer (--tftp-max-sessions) when
+#: raising the open-file limit: the listening sockets, the transfer mux,
+#: log files, the HTTP server's connections, the backend's.
+FD_MARGIN = 256
 
 
 class TFTPBindError(BindError):
@@ -93,6 +105,40 @@ def max_blksize(
     return max(512, min(setting, link - DATA_OVERHEAD, LARGEST_BLKSIZE)), where
 
 
+def ensure_fd_limit(
+    needed: int,
+    *,
+    getrlimit: Callable[[int], tuple[int, int]] = resource.getrlimit,
+    setrlimit: Callable[[int, tuple[int, int]], None] = resource.setrlimit,
+) -> tuple[int, str | None]:
+    """Raise the soft open-file limit to ``needed`` if it is lower; (the limit now, a warning or None).
+
+    Each transfer has its own socket (one descriptor), and a soft limit of
+    1024 (a common default) is below --tftp-max-sessions' default plus what
+    the process already has open: the last transfers would be refused "no
+    transfer port" before the cap is reached. Go's runtime raises this limit
+    at start-up for the same reason; here only as far as needed, and never
+    above the hard limit (which only root may raise).
+    """
+    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft, None
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    if soft < needed:
+        return soft, (
+            f"open-file limit {soft} is below the {needed} descriptors --tftp-max-sessions needs "
+            f"(hard limit {hard}): transfers past it will be refused (raise 'ulimit -n' or lower "
+            "--tftp-max-sessions)"
+        )
+    return soft, None
+
+
 def _bind_error(address: tuple[str, int], e: OSError) -> TFTPBindError:
     hint = bind_hint(
         e, "another TFTP server is listening; stop it or choose another --tftp-port",
@@ -121,7 +167,11 @@ class TFTPService(ListeningService):
         drain_timeout: float = 0.0,
         metrics: Any = None,
         timeline: Any = None,
+        fd_limit: Callable[[int], tuple[int, str | None]] | None = None,
     ) -> None:
+        #: raises the open-file limit for --tftp-max-sessions transfer sockets
+        #: (:func:`ensure_fd_limit`; None: leave it alone, e.g. in tests)
+        self.fd_limit = fd_limit
         self.chainloads = chainloads
         self.metrics = metrics
         self.timeline = timeline
@@ -199,8 +249,12 @@ class TFTPService(ListeningService):
             self.binaries, self.backend, self.config, self.reactor, host, chainloads=self.chainloads,
             metrics=self.metrics, timeline=self.timeline,
         )
+        if self.fd_limit is not None and not self.config.single_port:
+            limit, warning = self.fd_limit(self.config.max_sessions + FD_MARGIN)
+            if warning is not None:
+                log.warn("TFTP: {warning}", warning=warning, limit=limit)
         try:
-            self.port = self.reactor.listenUDP(number, protocol, interface=host)
+            self.port = self.reactor.listenUDP(number, protocol, interface=host, maxPacketSize=MAX_REQUEST)
         except CannotListenError as e:
             error = e.socketError if isinstance(e.socketError, OSError) else OSError(str(e.socketError))
             raise _bind_error(self.address, error) from None
@@ -228,4 +282,5 @@ def makeService(settings: Any, runtime: Any, reactor: Any) -> TFTPService:
         runtime.binaries, runtime.backend, config, reactor, (str(settings.tftp_addr), settings.tftp_port),
         blksize_note=note, chainloads=runtime.chainloads,
         metrics=runtime.metrics, timeline=runtime.timeline, drain_timeout=DRAIN_TIMEOUT,
+        fd_limit=ensure_fd_limit,
     )

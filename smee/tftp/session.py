@@ -40,8 +40,12 @@ MIN_TIMEOUT, MAX_TIMEOUT = 1, 255
 MIN_WINDOWSIZE, MAX_WINDOWSIZE = 1, 65535
 #: Largest window we agree to: beyond this a single loss costs more
 #: retransmitted blocks than the larger window saves in round trips, and
-#: socket buffers start dropping bursts.
+#: socket buffers start dropping bursts. RFC 7440 lets the server answer a
+#: smaller windowsize than asked, and the OACK says what was granted.
 WINDOWSIZE_CAP = 64
+#: The options :func:`negotiate` knows; a transfer keeps only these of its
+#: request (an RRQ can carry thousands of junk options, kept per session).
+OPTIONS = frozenset({"blksize", "timeout", "tsize", "windowsize"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ def negotiate(
     default_timeout: float,
     *,
     max_windowsize: int = WINDOWSIZE_CAP,
+    max_timeout: int = MAX_TIMEOUT,
 ) -> Negotiated:
     """Decide the options of a read of ``size`` bytes (RFC 2347/2348/2349/7440).
 
@@ -79,6 +84,11 @@ def negotiate(
     applies); the transfer goes on. ``max_blksize`` is the server's cap (the
     setting, or what fits the interface MTU). Names are matched
     case-insensitively, first occurrence winning, as :func:`parse` already does.
+
+    A ``timeout`` above ``max_timeout`` is refused the same way: RFC 2349
+    lets the server only accept the client's value or refuse it, and a
+    client that never answers holds its session for timeout × (retries + 1)
+    seconds, so up to 255 × 6 s unless the server keeps its own bound.
     """
     cap = min(max_blksize, MAX_BLKSIZE)
     if cap < MIN_BLKSIZE:
@@ -95,7 +105,7 @@ def negotiate(
         if name == "blksize" and MIN_BLKSIZE <= number <= MAX_BLKSIZE:
             blksize = min(number, cap)
             oack[name] = str(blksize)
-        elif name == "timeout" and MIN_TIMEOUT <= number <= MAX_TIMEOUT:
+        elif name == "timeout" and MIN_TIMEOUT <= number <= min(max_timeout, MAX_TIMEOUT):
             timeout = float(number)
             oack[name] = str(number)
         elif name == "tsize":

@@ -149,7 +149,7 @@ def build_service(hw: Path, reactor: Any, memo: bool = True) -> Any:
     options = tap.Options(environ={}, detect_ip=lambda iface: IPv4Address(SERVER_IP))
     options.parseOptions([
         "--backend-file-enabled=true", f"--backend-file-path={hw}", "--dhcp-mode=reservation",
-        "--log-level=error", f"--ipxe-dir={ROOT / 'ipxe' / 'bin'}",
+        "--log-level=error", f"--ipxe-dir={ROOT / 'ipxe' / 'bin'}", "--dhcp-rate-limit=0",
     ])
     settings = options.settings
     backend = tap._makeBackend(settings, reactor)

@@ -66,6 +66,21 @@ def p_int(low: int, high: int) -> Callable[[str], int]:
 p_port = p_int(1, 65535)
 
 
+def p_number(low: float, high: float) -> Callable[[str], float]:
+    """A decimal number in [low, high] (rates: ``5``, ``0.5``); NaN and infinities are out of range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise ValueError(f"{text.strip()} is out of range {low:g}-{high:g}")
+        return value
+
+    return parse
+
+
 def p_ip(text: str) -> IPv4Address:
     try:
         return IPv4Address(text.strip())
@@ -205,6 +220,8 @@ def _table() -> tuple[Setting, ...]:
         S("dhcp-http-ipxe-script-url", "", p_url, "Full iPXE script URL; overrides the four settings above.", "dhcp"),
         S("dhcp-http-ipxe-script-prepend-mac", "true", p_bool, "Insert the client MAC into the script URL path (/auto.ipxe -> /<mac>/auto.ipxe).", "dhcp"),
         S("dhcp-ipxe-rom-chainload", "false", p_bool, "Answer a foreign iPXE ROM (user class iPXE) with our binary, tftp://<tftp-ip>:<port>/<mac>/<binary>, as Smee does, instead of the script URL; once smee has served that binary, the machine's next iPXE request gets the script.", "dhcp"),
+        S("dhcp-rate-limit", "5", p_number(0, 1_000_000), "DHCP requests per second answered per client MAC once its burst is spent (per socket); more get no reply and count as outcome rate-limited; 0 = no limit.", "dhcp"),
+        S("dhcp-rate-burst", "10", p_int(1, 1_000_000), "DHCP requests a client MAC may send at once before --dhcp-rate-limit applies (a PXE ROM, iPXE and a chainload send 2 to 6).", "dhcp"),
         S("dhcp-reply-cache", "4096", p_int(0, 1_000_000), "Replies remembered per socket for requests repeated byte for byte but for the xid (retransmissions, a flooding client): answered without the policy; 0 = off.", "dhcp"),
         # TFTP
         S("tftp-enabled", "true", p_bool, "Run the TFTP server.", "tftp"),
@@ -223,6 +240,11 @@ def _table() -> tuple[Setting, ...]:
         S("http-port", "8080", p_port, "HTTP listen port.", "http"),
         S("extra-kernel-args", "", p_str, "Extra kernel arguments appended to the OSIE/Hook kernel command line.", "http"),
         S("trusted-proxies", "", p_cidrs, "Comma-separated CIDRs of proxies whose X-Forwarded-For is trusted.", "http"),
+        S("http-admin-networks", "127.0.0.0/8", p_cidrs, "Comma-separated CIDRs of clients allowed /machines (every machine's boot timeline) and /healthcheck's details (backend paths, URLs, errors); others get 403 and a short health answer.", "http"),
+        S("http-header-timeout", "10s", p_duration, "Longest time a client may take to send one whole request (head and any body), however slowly it trickles bytes; then 408 and the connection is closed.", "http"),
+        S("http-idle-timeout", "60s", p_duration, "An HTTP connection with no request for this long is closed (also bounds clients that stop reading an answer).", "http"),
+        S("http-max-connections", "1000", p_int(0, 1_000_000), "Most HTTP connections open at once; more get 503 and are closed. 0 = no limit.", "http"),
+        S("http-max-connections-per-ip", "128", p_int(0, 1_000_000), "Most HTTP connections open at once from one address (trusted proxies exempt); more get 503 and are closed. 0 = no limit.", "http"),
         S("osie-url", "", p_url, "Base URL of the OSIE/Hook kernel and initrd.", "http"),
         S("tink-server", "", p_str, "Tink server address (IP:port) given to workers as grpc_authority=.", "http"),
         S("tink-server-tls", "false", p_bool, "Workers use TLS to the Tink server (tinkerbell_tls=).", "http"),

@@ -41,13 +41,17 @@ from smee.dhcp.packet import (
 )
 from smee.dhcp.policy import (
     AUTO_PROXY,
+    MAX_HOPS,
     PROXY,
     RESERVATION,
+    SUSPECT_GIADDR_OCTETS,
     Decision,
     DHCPConfig,
     decide,
     destination,
     needs_lookup,
+    relay_problem,
+    relay_refusal,
 )
 from smee.hardware import Hardware, Interface, Match
 from smee.tap import Options
@@ -1261,3 +1265,50 @@ def test_runtime_without_binaries_still_starts(hwfile: str, tmp_path: Path) -> N
     p, override = ipxe_request()
     d = decide(p, info(p, **override), record(), runtime.dhcp)
     assert d.reply is not None and d.reply.file == b"" and "not available" in d.reason
+
+
+# =========================================================================== relay fields (issue 10)
+
+#: hops, giaddr, sender → outcome (None: answer it). RFC 1542 §4.1.1 (hops), RFC 2131 §4.1 (giaddr).
+RELAY_CASES = [
+    (0, "0.0.0.0", "0.0.0.0", None),  # a local client
+    (1, "0.0.0.0", "0.0.0.0", None),  # hops without giaddr: answered on the local segment
+    (1, "192.0.2.129", "192.0.2.2", None),  # a relay (source is its upstream address)
+    (MAX_HOPS, "198.51.100.1", "198.51.100.1", None),
+    (MAX_HOPS + 1, "198.51.100.1", "198.51.100.1", "too-many-hops"),
+    (255, "0.0.0.0", "0.0.0.0", "too-many-hops"),
+    (1, "255.255.255.255", "192.0.2.2", "bad-giaddr"),
+    (1, "224.0.0.1", "192.0.2.2", "bad-giaddr"),
+    (1, "239.255.255.250", "192.0.2.2", "bad-giaddr"),
+    (1, "240.0.0.1", "192.0.2.2", "bad-giaddr"),
+    (1, "0.1.2.3", "192.0.2.2", "bad-giaddr"),
+    (1, "127.0.0.1", "192.0.2.2", "bad-giaddr"),  # from the network: aims at this host
+    (1, "127.0.0.1", "127.0.0.1", None),  # a relay on this host (as the loopback tests use)
+    (1, "223.255.255.254", "192.0.2.2", None),  # the last class C address is unicast
+    (1, "1.0.0.0", "192.0.2.2", None),
+]
+
+
+@pytest.mark.parametrize("hops,giaddr,source,outcome", RELAY_CASES)
+def test_relay_problem(hops: int, giaddr: str, source: str, outcome: str | None) -> None:
+    assert relay_problem(hops, b4(giaddr), source) == outcome
+    p = dataclasses.replace(request(DISCOVER, opts=pxe(), giaddr=giaddr), hops=hops)
+    refusal = relay_refusal(p, info(p), source)
+    if outcome is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and refusal.reply is None and refusal.outcome == outcome
+        assert MAC in refusal.reason and "DISCOVER" in refusal.reason
+        assert (str(hops) if outcome == "too-many-hops" else giaddr) in refusal.reason
+
+
+def test_relay_problem_without_a_source_refuses_loopback() -> None:
+    assert relay_problem(1, b4("127.0.0.1")) == "bad-giaddr"
+    assert relay_problem(1, b"\x7f\0\0") == "bad-giaddr"  # not 4 bytes
+
+
+def test_suspect_octets_cover_every_refused_giaddr() -> None:
+    # The protocol only asks relay_problem about giaddrs whose first octet is suspect.
+    for first in range(256):
+        refused = relay_problem(1, bytes((first, 1, 2, 3))) is not None
+        assert refused == (first in SUSPECT_GIADDR_OCTETS), first

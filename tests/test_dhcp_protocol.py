@@ -483,3 +483,68 @@ def test_classify_and_policy_are_injectable(logs: Any) -> None:
     proto.datagramReceived(request(xid=77), BCAST)
     assert seen == [77] and len(transport.written) == 1
 
+
+
+# --- relay fields that forbid a reply (issue 10) -----------------------------------
+
+
+def _hops(data: bytes, hops: int) -> bytes:
+    return data[:3] + bytes((hops,)) + data[4:]
+
+
+@pytest.mark.parametrize(("hops", "giaddr", "outcome"), [
+    (17, RELAY, "too-many-hops"),
+    (200, "0.0.0.0", "too-many-hops"),
+    (1, "255.255.255.255", "bad-giaddr"),
+    (1, "224.0.0.9", "bad-giaddr"),
+    (1, "240.1.2.3", "bad-giaddr"),
+    (1, "0.0.0.7", "bad-giaddr"),
+    (1, "127.0.0.1", "bad-giaddr"),  # claimed by a sender on the network
+])
+def test_bad_relay_fields_get_no_reply_no_lookup_and_one_line(logs: Any, hops: int, giaddr: str,
+                                                               outcome: str) -> None:
+    from smee.metrics import Metrics
+
+    metrics = Metrics()
+    backend = FakeBackend()
+    backend.add(hardware(MAC1, IP1))
+    proto, transport, _ = make(backend, metrics=metrics)
+    proto.datagramReceived(_hops(request(giaddr=giaddr), hops), (RELAY, 67))
+    assert transport.written == [] and backend.calls == []
+    [event] = ours(logs)
+    assert event["outcome"] == outcome and event["log_level"] == LogLevel.info and event["mac"] == MAC1
+    [text] = formatted([event])
+    assert MAC1 in text and (giaddr in text if outcome == "bad-giaddr" else f"{hops} relay hops" in text)
+    assert metrics.registry.get_sample_value("dhcp_messages_total", {"type": "DISCOVER", "outcome": outcome}) == 1
+
+
+def test_sixteen_hops_and_hops_without_giaddr_are_answered(logs: Any) -> None:
+    proto, transport, _ = make()
+    proto.datagramReceived(_hops(request(giaddr=RELAY), 16), (RELAY, 67))
+    proto.datagramReceived(_hops(request(xid=2), 3), BCAST)
+    assert [dest for _, dest in replies(transport)] == [(RELAY, 67), ("255.255.255.255", 68)]
+
+
+def test_loopback_giaddr_only_from_this_host_even_from_the_memo(logs: Any) -> None:
+    # The memo's key leaves the sender out: the check must come before it.
+    from test_dhcp_memo import SyncBackend
+
+    proto = DHCPServerProtocol(SyncBackend({MAC1: hardware(MAC1, IP1)}), config(), Clock(), "eth1")
+    transport = FakeUDPTransport()
+    proto.makeConnection(transport)
+    data = request(giaddr="127.0.0.1")
+    proto.datagramReceived(data, ("127.0.0.1", 67))  # a relay on this host
+    proto.datagramReceived(data, ("127.0.0.1", 67))  # from the memo
+    assert proto.memo_hits == 1
+    assert [dest for _, dest in transport.clear()] == [("127.0.0.1", 67)] * 2
+    proto.datagramReceived(data, ("192.0.2.77", 67))  # the same bytes from the network
+    assert transport.written == [] and proto.memo_hits == 1
+    assert ours(logs)[-1]["outcome"] == "bad-giaddr"
+
+
+def test_malformed_relayed_junk_is_still_malformed(logs: Any) -> None:
+    proto, transport, _ = make()
+    data = _hops(request(giaddr="255.255.255.255"), 1)
+    proto.datagramReceived(data[:240] + b"\x35\x01\x01\x0c\x10abc", BCAST)  # option 12 runs past the end
+    assert transport.written == []
+    assert [e["outcome"] for e in ours(logs)] == ["malformed"]

@@ -652,12 +652,42 @@ def test_healthcheck() -> None:
     assert r.code == 200 and r.header("content-type") == "application/json"
     body = json.loads(r.body)
     assert body == {
+        "ready": True,
+        "degraded": False,
         "version": server.app.version,
         "uptime": 42.5,
         "backend": {"backend": "fake", "ready": True, "records": 0},
         "binaries": ["ipxe.efi", "undionly.kpxe"],
     }
     assert server.fetch("/healthcheck", method="POST").code == 405
+
+
+class _StatedBackend(FakeBackend):
+    def __init__(self, state: dict[str, Any]) -> None:
+        super().__init__()
+        self._state = state
+
+    def state(self) -> dict[str, Any]:
+        return dict(self._state)
+
+
+@pytest.mark.parametrize(("state", "ready", "degraded"), [
+    ({"backend": "kube", "ready": False, "error": "connection refused"}, False, False),
+    ({"backend": "file", "ready": True, "degraded": True, "errors": ["hw.yaml:3: bad"]}, True, True),
+])
+def test_healthcheck_reports_readiness_and_stays_200(state: dict[str, Any], ready: bool, degraded: bool) -> None:
+    """Readiness is in the body; the status stays 200 so a liveness probe never restarts smee for its backend."""
+    server = Server(backend=_StatedBackend(state))
+    r = server.fetch("/healthcheck")
+    body = json.loads(r.body)
+    assert r.code == 200 and (body["ready"], body["degraded"]) == (ready, degraded)
+
+
+def test_healthcheck_hides_credentials_from_admins_too() -> None:
+    server = Server(backend=_StatedBackend(
+        {"backend": "http", "ready": False, "last_error": "GET http://inv:hunter2@192.0.2.9/hardware: refused"}))
+    r = server.fetch("/healthcheck")  # the test client is an admin (loopback)
+    assert "hunter2" not in r.text and json.loads(r.body)["backend"]["last_error"].startswith("GET http://inv:")
 
 
 def test_metrics() -> None:
@@ -840,7 +870,7 @@ def _prepare(server: Server, case: str) -> None:
     (f"/{MAC}/auto.ipxe", "HEAD", None, False),
     (f"/{MAC}/auto.ipxe", "POST", None, False),
     ("/52%3A54%3A00%3Aaa%3A88%3A2a/auto.ipxe", "GET", None, False),
-    (f"/{MAC}/auto.ipxe", "GET", {"Host": "a..b"}, False),  # werkzeug's BadHost: Twisted's 500 page
+    (f"/{MAC}/auto.ipxe", "GET", {"Host": "a..b"}, False),  # werkzeug would raise BadHost: a plain 400
     (f"//{MAC}/auto.ipxe", "GET", None, False),
     (f"/{MAC}/auto.ipxe/", "GET", None, False),
 ])

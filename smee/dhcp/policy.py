@@ -39,6 +39,14 @@ from smee.hardware import Interface, Match
 
 RESERVATION, PROXY, AUTO_PROXY = "reservation", "proxy", "auto-proxy"
 
+#: RFC 1542 §4.1.1: a relay agent discards a BOOTREQUEST whose ``hops`` exceeds 16, so
+#: one that arrives with more has looped or is forged; smee drops it too.
+MAX_HOPS = 16
+
+#: First octets of the giaddrs :func:`relay_problem` may refuse (0/8, 127/8, 224/4, 240/4):
+#: a giaddr starting otherwise is fine, so the protocol checks no further.
+SUSPECT_GIADDR_OCTETS = frozenset((0, 127, *range(224, 256)))
+
 _TINKERBELL, _IPXE = "Tinkerbell", "iPXE"
 _HTTP_CLIENT = "HTTPClient"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -201,7 +209,7 @@ class Decision:
     reason: str
     #: "offer", "ack", "nak" with a reply; without one: "ignored", "unknown",
     #: "disabled", "no-address", "release", "decline", "not-netboot",
-    #: "no-binary", "not-allowed"
+    #: "no-binary", "not-allowed", "too-many-hops", "bad-giaddr"
     outcome: str
 
 
@@ -223,6 +231,73 @@ def decide(
     if config.mode == RESERVATION:
         return _reservation(request, client, match, config, served)
     return _proxy(request, client, match, config, served)
+
+
+def relay_problem(hops: int, giaddr: bytes, source: str = "") -> str | None:
+    """Why a request's relay fields forbid any reply: an outcome label, or None when they are fine.
+
+    Cheap enough for every relayed request; the protocol calls it on the raw
+    header, before the reply memo, :func:`relay_refusal` says why in words.
+
+    * RFC 1542 §4.1.1: relays discard a request with more than :data:`MAX_HOPS`
+      hops; one that arrives with more has looped or is forged: "too-many-hops".
+    * RFC 2131 §4.1: a relayed reply goes to giaddr:67, so giaddr must be a
+      unicast address a relay agent can own. Broadcast, multicast, class E
+      and 0.0.0.0/8 (but 0.0.0.0 itself, "not relayed") are "bad-giaddr", and
+      so is loopback unless the request came from loopback (``source``): a
+      relay on this host may use 127.0.0.1, but from the network it would
+      aim smee's reply at a service on this host.
+
+    ``hops`` above 0 with giaddr 0.0.0.0 is accepted: no RFC 1542 relay sends
+    it, but the reply then goes to the broadcast address of the interface the
+    request came in on, where its sender is.
+    """
+    if hops > MAX_HOPS:
+        return "too-many-hops"
+    if giaddr != ZERO4 and _bogus_giaddr(giaddr, source) is not None:
+        return "bad-giaddr"
+    return None
+
+
+def relay_refusal(request: Packet, client: ClientInfo, source: str = "") -> Decision | None:
+    """:func:`relay_problem` for a parsed request, as a Decision without a reply (None: no problem)."""
+    outcome = relay_problem(request.hops, request.giaddr, source)
+    if outcome is None:
+        return None
+    what = f"dropped {_mt_name(client.msg_type)} from {client.mac}"
+    if outcome == "too-many-hops":
+        reason = (f"{what}: {request.hops} relay hops, more than the {MAX_HOPS} RFC 1542 allows "
+                  "(a relay loop or a forged packet)")
+    else:
+        why = _bogus_giaddr(request.giaddr, source)
+        reason = f"{what}: relay address (giaddr) {_ip(request.giaddr)} is {why}; no reply sent there"
+    return Decision(None, reason, outcome)
+
+
+def _bogus_giaddr(giaddr: bytes, source: str = "") -> str | None:
+    """What makes a non-zero giaddr unusable as a reply destination, or None when it will do."""
+    if len(giaddr) != 4:
+        return "not an IPv4 address"
+    first = giaddr[0]
+    if first == 0:
+        return 'in 0.0.0.0/8 ("this network")'
+    if first == 127:
+        if source.startswith("127."):
+            return None
+        return "a loopback address (accepted only from a relay on this host)"
+    if 224 <= first <= 239:
+        return "a multicast address"
+    if giaddr == b"\xff\xff\xff\xff":
+        return "the broadcast address"
+    if first >= 240:
+        return "a reserved (class E) address"
+    return None
+
+
+def _mt_name(msg_type: int | None) -> str:
+    if msg_type is None:
+        return "a request without a DHCP message type"
+    return MESSAGE_TYPES.get(msg_type, f"message type {msg_type}")
 
 
 def destination(request: Packet, reply: Packet) -> tuple[str, int]:

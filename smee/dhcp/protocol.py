@@ -36,10 +36,27 @@ the answer needs (issue 9; ``benchmarks/profile_dhcp.py`` measures it):
   the counters, timeline stages and log lines of a reply are replayed;
 * replies go straight to the socket's ``sendto`` (``Port.write`` re-checks
   the address of every datagram), ``Port.write`` only when that fails.
+
+A flood from one client must not starve the others (issue 10), so before
+anything else, the memo included, a request is charged to its client
+hardware address (chaddr, ``hlen`` bytes) in a :class:`MacRateLimiter`: a
+token bucket per MAC on the injected clock (``rate_limit`` requests per
+second, ``rate_burst`` at once; ``--dhcp-rate-limit``/``--dhcp-rate-burst``).
+A request over the limit gets no reply, no parse and no lookup: it is counted
+in ``dhcp_messages_total`` with outcome "rate-limited", and logged at most
+once per MAC per :data:`RATE_LOG_INTERVAL` (the observer further limits
+refusal lines). The table of buckets is bounded, least recently seen MAC
+forgotten first, so a flood of random MACs cannot grow memory. Then relay
+fields that forbid any reply (hops above 16, a giaddr no relay can have:
+:func:`smee.dhcp.policy.relay_problem`) are refused, also before the memo
+(whose key leaves out the sender, which the loopback-giaddr rule reads) and
+before the lookup. This check is smee's safety, not a decision, so it is
+smee's own whatever ``policy`` is injected.
 """
 
 from __future__ import annotations
 
+from math import inf
 from typing import Any, Callable, NamedTuple
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -58,9 +75,11 @@ from smee.dhcp.packet import (
     ACK,
     BOOTREQUEST,
     DISCOVER,
+    MAGIC,
     MESSAGE_TYPES,
     OFFER,
     REQUEST,
+    ZERO4,
     DHCPParseError,
     Packet,
     PacketTooLarge,
@@ -68,7 +87,16 @@ from smee.dhcp.packet import (
     parse,
 )
 
-__all__ = ["DHCPServerProtocol", "DEFAULT_LOOKUP_TIMEOUT", "DEFAULT_MEMO_SIZE"]
+__all__ = [
+    "DEFAULT_LOOKUP_TIMEOUT",
+    "DEFAULT_MEMO_SIZE",
+    "DEFAULT_RATE_BURST",
+    "DEFAULT_RATE_LIMIT",
+    "DEFAULT_RATE_TABLE",
+    "RATE_LOG_INTERVAL",
+    "DHCPServerProtocol",
+    "MacRateLimiter",
+]
 
 log = Logger(namespace="smee.dhcp")
 
@@ -79,6 +107,25 @@ DEFAULT_LOOKUP_TIMEOUT = 3.0
 #: Replies each protocol remembers (oldest forgotten first): a few per
 #: machine of a site of some thousand, about 1 KiB each.
 DEFAULT_MEMO_SIZE = 4096
+
+#: Requests per second a client MAC is answered at once its burst is spent
+#: (``--dhcp-rate-limit``'s default; the protocol's own default is 0, off).
+#: A real client never gets near it: a PXE ROM resends after 4, 8, 16 s,
+#: iPXE sends DISCOVER and REQUEST within a second, and a ROM chainload, its
+#: iPXE and the kernel together make three or four DORAs over tens of seconds.
+DEFAULT_RATE_LIMIT = 5.0
+
+#: Requests a MAC may send at once (``--dhcp-rate-burst``): two DORAs, doubled
+#: for a client heard both directly and through a relay, with room to spare.
+DEFAULT_RATE_BURST = 10
+
+#: MACs whose buckets are kept per socket. A forgotten MAC starts again with a
+#: full bucket, as it would have after ``burst / rate`` seconds of quiet, so
+#: the bound only matters to a flood of more MACs than this within that time.
+DEFAULT_RATE_TABLE = 4096
+
+#: Seconds between two log lines about the same rate-limited MAC.
+RATE_LOG_INTERVAL = 60.0
 
 #: Outcomes without a reply that are logged at debug, not info: in the proxy
 #: modes every ordinary (non-netboot) client on the segment gets one, and it
@@ -111,6 +158,104 @@ def _stages(client: ClientInfo, reply_type: int | None) -> tuple[str, ...]:
     elif reply_type == OFFER and not ipxe:
         stages += ("dhcp-offer",)
     return stages
+
+
+_MAX_HOPS = _policy.MAX_HOPS
+_SUSPECT_GIADDR = _policy.SUSPECT_GIADDR_OCTETS
+_relay_problem = _policy.relay_problem
+
+
+def _source(addr: Any) -> str:
+    """The sender's IP address as text ("" if ``addr`` is not a (host, port) pair)."""
+    try:
+        host = addr[0]
+    except (TypeError, IndexError, KeyError):
+        return ""
+    return host if isinstance(host, str) else ""
+
+
+def _peek_type(data: bytes) -> int | None:
+    """Option 53 of a request, read without parsing it (a rate-limited request is not parsed).
+
+    Only the options field is searched (no RFC 3396 overload); anything odd gives None.
+    """
+    i, end = 240, len(data)
+    while i < end:
+        code = data[i]
+        if code == 0:
+            i += 1
+            continue
+        if code == 255 or i + 1 >= end:
+            return None
+        if code == 53:
+            return data[i + 2] if data[i + 1] == 1 and i + 2 < end else None
+        i += 2 + data[i + 1]
+    return None
+
+
+class MacRateLimiter:
+    """A token bucket per client hardware address, at most ``size`` of them (least recently seen dropped first).
+
+    Each address may send ``burst`` requests at once, then ``rate`` per
+    second. Time is the injected clock's ``seconds()``; if it steps back, the
+    bucket just starts counting from the new time. Dropping an address's
+    bucket can only favour it (it comes back full), never a well-behaved
+    client, and a flooding address stays at the recent end of the table.
+    """
+
+    __slots__ = ("_buckets", "_clock", "_now", "burst", "log_interval", "rate", "size")
+
+    def __init__(self, clock: IReactorTime, rate: float, burst: int, size: int = DEFAULT_RATE_TABLE,
+                 log_interval: float = RATE_LOG_INTERVAL) -> None:
+        if not (rate > 0 and burst >= 1 and size >= 1):
+            raise ValueError(f"rate {rate}, burst {burst}, size {size}: all must be positive")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.size = size
+        self.log_interval = log_interval
+        self._clock = clock
+        self._now = clock.seconds
+        #: key → [tokens, time of last request, time of the last log line, dropped since that line]
+        self._buckets: dict[bytes, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def check(self, key: bytes) -> int | None:
+        """Charge one request to ``key``: None if it may be answered.
+
+        Otherwise it is over the limit and the result is the number of
+        requests dropped since the last log line about ``key`` when a line is
+        due now (at most one per ``log_interval``), else 0.
+        """
+        now = self._now()
+        buckets = self._buckets
+        bucket = buckets.pop(key, None)
+        if bucket is None:
+            if len(buckets) >= self.size:
+                del buckets[next(iter(buckets))]  # the least recently seen
+            buckets[key] = [self.burst - 1.0, now, -inf, 0.0]
+            return None
+        buckets[key] = bucket  # now the most recently seen
+        tokens = bucket[0]
+        elapsed = now - bucket[1]
+        bucket[1] = now
+        if elapsed > 0:
+            tokens += elapsed * self.rate
+            if tokens > self.burst:  # noqa: PLR1730 - not min(): a call per request
+                tokens = self.burst
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return None
+        bucket[0] = tokens
+        bucket[3] += 1
+        since = now - bucket[2]
+        if since >= self.log_interval or since < 0:
+            bucket[2] = now
+            dropped = int(bucket[3])
+            bucket[3] = 0.0
+            return dropped
+        return 0
 
 
 class _Memo(NamedTuple):
@@ -166,6 +311,11 @@ class DHCPServerProtocol(DatagramProtocol):
     :param memo_size: replies remembered for repeated requests (0: none).
         The default is :data:`DEFAULT_MEMO_SIZE` with smee's own classify and
         policy, 0 with others (nothing says they are pure functions).
+    :param rate_limit: requests per second answered per client MAC once its
+        burst is spent; 0 (the default here; the service passes
+        ``--dhcp-rate-limit``) turns the limit off
+    :param rate_burst: requests a MAC may send at once
+    :param rate_table: MACs whose buckets are kept (:class:`MacRateLimiter`)
     """
 
     noisy = False
@@ -187,7 +337,14 @@ class DHCPServerProtocol(DatagramProtocol):
         timeline: Any = None,
         log_level: str | LogLevel = "debug",
         memo_size: int | None = None,
+        rate_limit: float = 0.0,
+        rate_burst: int = DEFAULT_RATE_BURST,
+        rate_table: int = DEFAULT_RATE_TABLE,
     ) -> None:
+        #: per-MAC token buckets, charged before the memo; None when ``rate_limit`` is 0
+        self.limiter: MacRateLimiter | None = (
+            MacRateLimiter(clock, rate_limit, rate_burst, rate_table) if rate_limit > 0 else None
+        )
         if memo_size is None:
             memo_size = DEFAULT_MEMO_SIZE if classify is _classify and policy is _policy else 0
         #: request bytes without the xid and secs (``data[:4] + data[10:]``) → :class:`_Memo`; None when disabled
@@ -310,6 +467,21 @@ class DHCPServerProtocol(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
         try:
+            # A request whose header parse() accepts; anything else goes on
+            # to be counted "malformed" (or "not-request") there.
+            if len(data) >= 240 and data[0] == BOOTREQUEST and data[2] <= 16 and data[236:240] == MAGIC:
+                limiter = self.limiter
+                if limiter is not None:
+                    # charged to chaddr's first hlen bytes: the client's MAC
+                    dropped = limiter.check(data[28:28 + data[2]])
+                    if dropped is not None:
+                        self._rate_limited(data, addr, dropped)
+                        return
+                if (data[3] > _MAX_HOPS or (data[24] in _SUSPECT_GIADDR and data[24:28] != ZERO4)) and (
+                    _relay_problem(data[3], data[24:28], _source(addr)) is not None
+                ):
+                    self._bad_relay(data, addr)
+                    return
             memo = self._memo
             if memo is None:
                 self._received(data, addr, None)
@@ -325,6 +497,37 @@ class DHCPServerProtocol(DatagramProtocol):
                 "{iface}: error handling a datagram from {src[0]}:{src[1]}",
                 iface=self.iface, src=addr, level=LogLevel.error,
             )
+
+    def _rate_limited(self, data: bytes, addr: Any, dropped: int) -> None:
+        """Over its MAC's limit: no reply, counted; a warning when the limiter says one is due."""
+        msg_type = _peek_type(data)
+        self._count(msg_type, "rate-limited")
+        if dropped:
+            limiter = self.limiter
+            assert limiter is not None
+            log.warn(
+                "{iface}: rate-limiting {mac} (last from {src[0]}:{src[1]}): more than {burst} requests "
+                "at once or {rate:g}/s; {dropped} dropped without a reply since the last such line "
+                "(one per {interval:g} s per MAC at most)",
+                iface=self.iface, mac=data[28:28 + data[2]].hex(":") or "(no hardware address)",
+                xid=int.from_bytes(data[4:8], "big"), msg_type=_type_name(msg_type), outcome="rate-limited",
+                src=addr, dropped=dropped, burst=int(limiter.burst), rate=limiter.rate,
+                interval=limiter.log_interval,
+            )
+
+    def _bad_relay(self, data: bytes, addr: Any) -> None:
+        """hops or giaddr forbid a reply (:func:`smee.dhcp.policy.relay_refusal`): no lookup, no reply, one line."""
+        try:
+            request = parse(data)
+        except DHCPParseError:
+            self._received(data, addr, None)  # counted and logged as malformed there
+            return
+        client = self._classify(request)
+        refusal = _policy.relay_refusal(request, client, _source(addr))
+        if refusal is None:  # cannot happen: the same check on the same bytes
+            self._received(data, addr, None)
+            return
+        self._refused(refusal, request, client, addr, None)
 
     def _received(self, data: bytes, addr: Any, key: bytes | None) -> None:
         """The normal path: parse, classify, look up, decide; ``key`` (memo on) lets the reply be remembered."""
@@ -484,6 +687,21 @@ class DHCPServerProtocol(DatagramProtocol):
                 error=f"{type(failure.value).__name__}: {failure.value}", outcome="lookup-error", **fields,
             )
 
+    def _refused(self, decision: Any, request: Packet, client: ClientInfo, addr: Any, match: Any) -> None:
+        """A decision without a reply: counted, on the timeline (known machines), one log line."""
+        self._count(client.msg_type, decision.outcome)
+        if self.timeline is not None and match is not None:
+            # Known machines only: not every laptop on a proxy-mode segment.
+            self._seen(client.mac, _stages(client, None))
+        quiet = decision.outcome in QUIET_OUTCOMES
+        if self._log_debug if quiet else self._log_info:
+            (log.debug if quiet else log.info)(
+                "{iface}: {reason} (xid {xid:#010x})",
+                iface=self.iface, mac=client.mac, xid=request.xid,
+                msg_type=_type_name(client.msg_type), outcome=decision.outcome,
+                reason=decision.reason, src=addr,
+            )
+
     def _answer(
         self, match: Any, request: Packet, client: ClientInfo, addr: Any,
         key: bytes | None = None, looked_up: bool = False, served: bool | None = None,
@@ -505,18 +723,7 @@ class DHCPServerProtocol(DatagramProtocol):
             decision = self._decide(request, client, match, self._config, served)
             reply = decision.reply
             if reply is None:
-                self._count(client.msg_type, decision.outcome)
-                if self.timeline is not None and match is not None:
-                    # Known machines only: not every laptop on a proxy-mode segment.
-                    self._seen(client.mac, _stages(client, None))
-                quiet = decision.outcome in QUIET_OUTCOMES
-                if self._log_debug if quiet else self._log_info:
-                    (log.debug if quiet else log.info)(
-                        "{iface}: {reason} (xid {xid:#010x})",
-                        iface=self.iface, mac=client.mac, xid=request.xid,
-                        msg_type=_type_name(client.msg_type), outcome=decision.outcome,
-                        reason=decision.reason, src=addr,
-                    )
+                self._refused(decision, request, client, addr, match)
                 return
             try:
                 data = build(reply, max_size=request.max_size())

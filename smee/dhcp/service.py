@@ -22,7 +22,11 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from smee.dhcp.protocol import DEFAULT_LOOKUP_TIMEOUT, DHCPServerProtocol
+from smee.dhcp.protocol import (
+    DEFAULT_LOOKUP_TIMEOUT,
+    DEFAULT_RATE_BURST,
+    DHCPServerProtocol,
+)
 from smee.listen import BindError, bind_hint, grow_receive_buffer
 
 __all__ = ["DHCPService", "DHCPBindError", "makeService", "open_socket"]
@@ -96,6 +100,8 @@ class DHCPService(Service):
     in reply destinations (tests use them to catch replies on loopback).
     ``log_level`` is ``--log-level``: the protocols skip building events the
     observer would drop (the default, debug, builds them all).
+    ``rate_limit``/``rate_burst`` are ``--dhcp-rate-limit``/``--dhcp-rate-burst``,
+    each protocol's per-MAC limit (0, the default here, is off).
     """
 
     def __init__(
@@ -115,8 +121,13 @@ class DHCPService(Service):
         timeline: Any = None,
         log_level: str = "debug",
         reply_cache: int | None = None,
+        rate_limit: float = 0.0,
+        rate_burst: int = DEFAULT_RATE_BURST,
     ) -> None:
         self.backend = backend
+        #: passed to each protocol: requests/s and burst per client MAC (0: no limit)
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
         #: passed to each protocol as ``memo_size`` (--dhcp-reply-cache; None: the protocol's default)
         self.reply_cache = reply_cache
         #: passed to each protocol: events below it are not even built (--log-level)
@@ -165,6 +176,7 @@ class DHCPService(Service):
                         server_port=self.server_port, client_port=self.client_port,
                         chainloads=self.chainloads, metrics=self.metrics, timeline=self.timeline,
                         log_level=self.log_level, memo_size=self.reply_cache,
+                        rate_limit=self.rate_limit, rate_burst=self.rate_burst,
                     )
                     port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol)
                 finally:
@@ -193,4 +205,5 @@ def makeService(settings: Any, runtime: Any, reactor: Any) -> DHCPService:
         runtime.backend, runtime.dhcp, reactor, (str(host), port), settings.dhcp_iface,
         chainloads=runtime.chainloads, metrics=runtime.metrics, timeline=runtime.timeline,
         log_level=settings.log_level, reply_cache=settings.dhcp_reply_cache,
+        rate_limit=settings.dhcp_rate_limit, rate_burst=settings.dhcp_rate_burst,
     )

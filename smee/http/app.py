@@ -23,12 +23,25 @@ Smee-HEAD's (smee-study.md §4.1):
     ranges; and ``autoexec.ipxe``, generated as the TFTP server does.
 
 ``GET /healthcheck``, ``GET /metrics``
-    Always, whatever the two flags say.
+    Always, whatever the two flags say, to anyone: /metrics holds counters
+    by route, file name and outcome, nothing about any one machine; the
+    health answer's backend details (file paths and errors, which can quote
+    a record, URLs, the last error) go only to ``--http-admin-networks``,
+    everyone else gets ``backend: {backend, ready}``.
 
 ``GET /machines``, ``GET /machines/<mac>`` (any MAC notation)
     The boot timeline (:mod:`smee.timeline`) as JSON: every machine seen,
     most recent first, or one machine's current boot (404 if unknown).
-    Always, like /metrics.
+    Per-machine detail for operators: only clients in
+    ``--http-admin-networks`` (default loopback), others get 403.
+
+Who sees what: the script for a MAC (``/<mac>/auto.ipxe``) is served to
+anyone who names the MAC, as Smee does: iPXE has no credentials to show,
+so the MAC is the only key, and a script holds what that machine's boot
+needs (kernel arguments, the Tink server, the OSIE URL) and nothing about
+other machines. ``/auto.ipxe``, ``autoexec.ipxe`` and the installer assets
+are for the asking address only. Refusals name only what the client sent
+(its MAC or address), never a record's contents: those go to the log.
 
 Every answer is deliberate: an unknown machine gets a short iPXE-readable
 404, a backend that cannot answer a 503, a script that cannot be written
@@ -63,6 +76,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from installers.registry import Context
+from smee.logs import redact_value
 from smee import __version__
 from smee.backends import LookupFailed
 from smee.hardware import HardwareError, Match, normalize_mac
@@ -123,6 +137,8 @@ def route_of(request: Any) -> str:
     return "other"
 #: Response headers a failed handler may have set for a body it never sent.
 _BODY_HEADERS = (b"content-length", b"content-range", b"content-type", b"etag", b"accept-ranges", b"allow")
+#: The Server header of every answer (Twisted's would name its exact version).
+_SERVER: Final = b"smee"
 #: How much of a request URI goes into the access log.
 _MAX_LOGGED_URI = 512
 
@@ -146,6 +162,15 @@ class HTTPConfig:
     script: Any = None
     #: --log-level: access lines below it are not even built (smee's observer would drop them)
     log_level: str = "debug"
+    #: --http-admin-networks: clients allowed /machines and /healthcheck's details
+    admin_networks: tuple[IPv4Network, ...] = (IPv4Network("127.0.0.0/8"),)
+    #: --http-header-timeout: seconds one whole request may take to arrive (see smee.http.service)
+    header_timeout: float = 10.0
+    #: --http-idle-timeout: seconds a connection may sit without a request
+    idle_timeout: float = 60.0
+    #: --http-max-connections, --http-max-connections-per-ip (0: no limit)
+    max_connections: int = 1000
+    max_connections_per_ip: int = 128
 
     @classmethod
     def from_settings(cls, settings: Any, dhcp: Any, script: Any) -> HTTPConfig:
@@ -157,6 +182,11 @@ class HTTPConfig:
             dhcp=dhcp,
             script=script,
             log_level=str(getattr(settings, "log_level", "debug") or "debug"),
+            admin_networks=tuple(settings.http_admin_networks),
+            header_timeout=float(settings.http_header_timeout),
+            idle_timeout=float(settings.http_idle_timeout),
+            max_connections=int(settings.http_max_connections),
+            max_connections_per_ip=int(settings.http_max_connections_per_ip),
         )
 
 
@@ -276,6 +306,7 @@ class AccessLog(Resource):
 
     def render(self, request: Any) -> Any:
         started = self._clock.seconds()
+        request.setHeader(b"server", _SERVER)  # not Twisted's name and exact version
         answer_now = self._answer_now
         if answer_now is not None:
             body = answer_now(request)
@@ -371,6 +402,40 @@ def _ipxe_message(message: str) -> bytes:
     return f"#!ipxe\necho smee: {message}\nexit 1\n".encode("ascii", "replace")
 
 
+#: The keys of the backend's state anyone may see at /healthcheck (the rest: admin networks only).
+_PUBLIC_STATE = ("backend", "ready")
+
+
+class _Guard(Resource):
+    """The routes (Klein's resource), with requests Klein cannot route answered first.
+
+    See :meth:`IPXEApp.malformed`. Anything else ``render`` raises
+    synchronously becomes the app's plain 500 rather than Twisted's HTML
+    error page.
+    """
+
+    isLeaf = True
+
+    def __init__(self, app: IPXEApp, wrapped: Resource) -> None:
+        super().__init__()
+        self._app = app
+        self._wrapped = wrapped
+
+    def render(self, request: Any) -> Any:
+        app = self._app
+        refused = app.malformed(request)
+        if refused is not None:
+            return app._refuse(request, refused)
+        try:
+            return self._wrapped.render(request)
+        except HTTPException as e:  # werkzeug's, raised while binding the map
+            _note(request, f"cannot route: {e.name}", outcome="bad-request")
+            code = e.code if e.code and 400 <= e.code < 500 else 400
+            return app._respond(request, code, b"bad request\n")
+        except Exception:
+            return app._internal_error(request, Failure())
+
+
 class _Refused(Exception):
     """Internal: end a request with ``code`` and ``body`` (reason for the log)."""
 
@@ -443,9 +508,43 @@ class IPXEApp:
                 log.warn("autoexec.ipxe will not be served over HTTP: {error}", error=str(e))
 
     def resource(self) -> Resource:
-        """The root resource for a twisted.web Site: the routes behind the access log."""
-        return AccessLog(self.app.resource(), self.clock, self.client, self.metrics, self.config.log_level,
-                         answer_now=self.answer_now if self._by_mac_now is not None else None)
+        """The root resource for a twisted.web Site: the routes behind the guard and the access log."""
+        return AccessLog(_Guard(self, self.app.resource()), self.clock, self.client, self.metrics,
+                         self.config.log_level, answer_now=self.answer_now if self._by_mac_now is not None else None)
+
+    def malformed(self, request: Any) -> _Refused | None:
+        """Why Klein could not route ``request`` at all (a client's mistake), or None.
+
+        Klein hands werkzeug the Host name and the (percent-decoded) path as
+        UTF-8 text: a Host werkzeug cannot IDNA-encode raises BadHost out of
+        ``render`` (Twisted's HTML "Processing Failed" 500 page), and a path
+        or Host that is not UTF-8 gets Klein's 400 after a traceback logged
+        at error level. Both are answered here instead: a plain 400 and one
+        rate-limited info line (``outcome=bad-request``).
+        """
+        if not self._host_routable(request):
+            return _Refused(400, b"bad request\n", "bad Host header", outcome="bad-request")
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+        except UnicodeDecodeError:
+            return _Refused(400, b"bad request\n", "path is not UTF-8", outcome="bad-request")
+        return None
+
+    def is_admin(self, request: Any) -> bool:
+        """Whether the client (after trusted proxies) is in --http-admin-networks."""
+        networks = self.config.admin_networks
+        if not networks:
+            return False
+        try:
+            address = IPv4Address(self.client(request))
+        except ValueError:
+            return False
+        return any(address in network for network in networks)
+
+    def _forbidden(self, request: Any, what: str) -> bytes:
+        networks = ", ".join(map(str, self.config.admin_networks)) or "none"
+        _note(request, f"{what} is only for --http-admin-networks ({networks})", outcome="forbidden")
+        return self._respond(request, 403, b"forbidden\n")
 
     def client(self, request: Any) -> str:
         """The address of the machine that made ``request`` (X-Forwarded-For through trusted proxies)."""
@@ -585,10 +684,28 @@ class IPXEApp:
 
     @app.route("/healthcheck", methods=["GET"])
     def healthcheck(self, request: Any) -> bytes:
+        """Liveness and readiness; the backend's details only to --http-admin-networks.
+
+        Probes and load balancers anywhere need ``ready``; the rest of the
+        backend's state (file paths and their parse errors, which can quote a
+        record; the inventory or API URL; the last error) is for operators.
+        """
+        state = dict(self.backend.state())
+        ready, degraded = state.get("ready") is not False, bool(state.get("degraded"))
+        if not self.is_admin(request):
+            state = {key: state[key] for key in _PUBLIC_STATE if key in state}
+            _note(request, "backend details only for --http-admin-networks", LogLevel.debug)
+        else:
+            # an error text can carry a URL's credentials; the log observer hides them the same way
+            state = redact_value(state)
         body = {
+            # 200 either way: a liveness probe must not restart smee while its backend is away;
+            # use "ready" for readiness (false until the backend has data, or while it fails)
+            "ready": ready,
+            "degraded": degraded,
             "version": self.version,
             "uptime": round(self.clock.seconds() - self.started, 3),
-            "backend": dict(self.backend.state()),
+            "backend": state,
             "binaries": self._available,
         }
         text = json.dumps(body, default=str, sort_keys=True) + "\n"
@@ -608,8 +725,10 @@ class IPXEApp:
 
     @app.route("/machines", methods=["GET"])
     def machines(self, request: Any) -> bytes:
-        """Every machine in the boot timeline, most recently seen first."""
+        """Every machine in the boot timeline, most recently seen first: operators only (--http-admin-networks)."""
         setattr(request, _ROUTE, "machines")
+        if not self.is_admin(request):
+            return self._forbidden(request, "/machines")
         return self._json(request, {"machines": self.timeline.machines() if self.timeline is not None else []})
 
     @app.route("/machines/<mac>", methods=["GET"])
@@ -618,6 +737,8 @@ class IPXEApp:
         if mac == SCRIPT_NAME:  # /machines/auto.ipxe is a script path, as before this route
             return await self.script(request, f"machines/{mac}")
         setattr(request, _ROUTE, "machines")
+        if not self.is_admin(request):
+            return self._forbidden(request, "/machines")
         try:
             normalized = normalize_mac(mac)
         except HardwareError:

@@ -160,6 +160,7 @@ def test_state(tmp_path: Path) -> None:
         "last_load": 1000.0,
         "errors": [],
         "duplicates": 0,
+        "degraded": False,
     }
 
 

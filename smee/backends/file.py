@@ -8,8 +8,20 @@ An operator (or a ConfigMap) edits files while smee is serving, so the rules are
 * In directory mode, removing a file *is* how an operator deletes machines,
   so its records are dropped.
 * Change detection is cheap enough to run often: one ``stat`` per file,
-  comparing ``(st_ino, st_mtime_ns, st_size)`` of the symlink *target*, which
-  also catches ConfigMap ``..data`` symlink swaps and atomic renames.
+  comparing inode, mtime, size, mode and owner of the symlink *target*,
+  which also catches ConfigMap ``..data`` symlink swaps and atomic renames.
+  Mode and owner are there for permission changes: ``chmod 000`` (and the
+  ``chmod`` back) leave content and mtime alone, yet decide whether smee,
+  running without root, can read the file at all. (Not ``st_ctime``: setting
+  an old mtime with ``utime`` makes ctime new, and the "racily clean" rule
+  below would then distrust every signature.)
+* A file that was serving records and is now empty (0 bytes) counts as
+  broken: that is what an interrupted write leaves. ``{}`` empties it on
+  purpose.
+* A file that cannot be served is reported once, with file (and line) and
+  why, and :meth:`FileBackend.state` says ``degraded`` until it is fixed;
+  even an unexpected exception from a parser is confined to its file, so
+  one bad file in a directory never stops the others from reloading.
 * inotify on the *directory* (a file watch dies with the inode an atomic
   replace throws away) triggers a debounced check; a slow poll covers
   filesystems without inotify (NFS, some overlay setups) and missed events.
@@ -38,7 +50,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
@@ -58,7 +70,13 @@ EXTENSIONS = (".yaml", ".yml", ".json")
 #: check (git's "racily clean" problem).
 _RACY_NS = 100_000_000
 
-_Signature = tuple[int, int, int]
+#: A hardware file bigger than this is refused without being read: an ISO or
+#: a disk image copied into the directory by mistake must not be loaded into
+#: memory (100,000 records take about 40 MiB).
+MAX_FILE_SIZE = 256 * 1024 * 1024
+
+#: (st_ino, st_mtime_ns, st_size, st_mode, st_uid, st_gid)
+_Signature = tuple[int, int, int, int, int, int]
 
 # inotify constants, copied so that importing this module does not need
 # twisted.internet.inotify (Linux-only ctypes) just to be imported.
@@ -160,6 +178,7 @@ class FileBackend(Service):
         debounce: float = 0.2,
         use_inotify: bool = True,
         parse_in_thread: bool | None = None,
+        max_file_size: int = MAX_FILE_SIZE,
     ) -> None:
         threads = IReactorThreads.providedBy(reactor)
         if parse_in_thread is None:
@@ -167,6 +186,7 @@ class FileBackend(Service):
         elif parse_in_thread and not threads:
             raise ValueError("parse_in_thread needs a reactor with a thread pool (IReactorThreads)")
         self._parse_in_thread = parse_in_thread
+        self._max_file_size = max_file_size
         #: the running background pass, if any; its end starts a queued one.
         self._busy: defer.Deferred[None] | None = None
         self._again = False
@@ -231,14 +251,22 @@ class FileBackend(Service):
             return defer.fail(e)
 
     def state(self) -> dict[str, Any]:
-        """A JSON-able summary for /healthcheck."""
+        """A JSON-able summary for /healthcheck.
+
+        ``ready``: data has been loaded and lookups answer. ``degraded``: some
+        file (or the directory) is not being served as it is now -- broken,
+        unreadable or gone -- and its last good version is answering instead;
+        ``errors`` says which and why.
+        """
+        errors = self.errors()
         return {
             "backend": "file",
             "path": self.path,
             "ready": self._loaded,
+            "degraded": bool(errors),
             "records": len(self._index),
             "last_load": self._last_load,
-            "errors": self.errors(),
+            "errors": errors,
             "duplicates": len(self._index.duplicates()),
         }
 
@@ -420,7 +448,10 @@ class FileBackend(Service):
         """Emit the log lines a pass collected, on the reactor thread."""
         logs, p.logs = p.logs, []
         for level, fmt, kw in logs:
-            getattr(self.log, level)(fmt, **kw)
+            if level == "failure":  # a traceback, at error: one file's problem, not smee's
+                self.log.failure(fmt, level=LogLevel.error, **kw)
+            else:
+                getattr(self.log, level)(fmt, **kw)
 
     @staticmethod
     def _build(files: dict[str, _FileState]) -> HardwareIndex:
@@ -472,7 +503,7 @@ class FileBackend(Service):
             state.signature = None
             _set_error(p, path, state, HardwareFileError(path, None, e.strerror or str(e)))
             return False
-        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        signature = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid, st.st_gid)
         if not force and signature == state.signature:
             return False
         trusted = None if time.time_ns() - st.st_mtime_ns < _RACY_NS else signature
@@ -480,13 +511,37 @@ class FileBackend(Service):
             state.signature = trusted
             _set_error(p, path, state, HardwareFileError(path, None, "not a regular file"))
             return False
+        if st.st_size > self._max_file_size:
+            state.signature = trusted
+            _set_error(p, path, state, HardwareFileError(
+                path, None, f"{st.st_size} bytes is more than the {self._max_file_size}-byte limit"
+                " for a hardware file; not read"))
+            return False
         try:
             result = load_file(path)
         except HardwareFileError as e:
-            state.signature = trusted  # same bytes fail the same way: no need to retry
+            # Same bytes and permissions fail the same way: no need to retry
+            # until the signature (content, mode, owner) changes.
+            state.signature = trusted
             _set_error(p, path, state, e)
             return False
+        except Exception as e:  # noqa: BLE001 - a parser bug must not take other files down
+            # Not retried until the file changes either. The error line is what
+            # the operator acts on; the traceback is for the bug report.
+            p.log("failure", "parsing {file} raised an unexpected exception (a bug in smee)",
+                  failure=Failure(), file=path)
+            state.signature = trusted
+            _set_error(p, path, state, HardwareFileError(
+                path, None, f"cannot be parsed ({type(e).__name__}: {str(e)[:200]})"))
+            return False
         state.signature = trusted
+        if st.st_size == 0 and not result.hardware and state.result is not None and state.result.hardware:
+            # Zero bytes is what a write cut short leaves (O_TRUNC, then a full
+            # disk or a crash), not how anyone deletes machines.
+            _set_error(p, path, state, HardwareFileError(
+                path, None, "is empty (0 bytes: a write cut short?); to remove every machine in it,"
+                " delete it (directory mode) or write {}"))
+            return False
         _set_error(p, path, state, None)
         if result == state.result:
             return False  # touched or re-read, same content

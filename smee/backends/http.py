@@ -31,10 +31,18 @@ must not turn into a storm on the inventory service, so:
   cancelled on its behalf: it is bounded by ``timeout`` anyway, and its
   answer fills the cache for the client's next retransmission. Only
   :meth:`stopService` cancels requests in flight.
+
+A misbehaving service must cost a bounded amount: the timeout covers the
+response *and* its body, and the body is read by :class:`_BoundedBody`,
+which closes the connection when the timeout cancels it (treq's
+``content()`` cannot be cancelled: a service trickling an endless body
+would keep its connection, and our buffer, forever) and as soon as the body
+passes ``MAX_BODY`` (a chunked body has no length to refuse up front).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
@@ -45,8 +53,11 @@ from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import TimeoutError as _TimeoutError
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 
 from smee.backends import AmbiguousHardware, LookupFailed
 from smee.backends.index import HardwareIndex
@@ -84,6 +95,60 @@ class _Answer:
         return defer.succeed(self.match)
 
 
+class _TooBig(Exception):
+    """The body passed MAX_BODY while it was being read."""
+
+
+class _BoundedBody(Protocol):
+    """Collect a response body of at most ``limit`` bytes; cancelling ``done`` closes the connection.
+
+    ``done`` fires with the body when it ends cleanly (or, with no length
+    and no chunking, when the server closes: ``PotentialDataLoss``), and
+    fails with the transport's reason when the body is cut short, or with
+    :class:`_TooBig`.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.finished = False
+        self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
+
+    def _stop(self) -> None:
+        # Cancelled (timeout, stopService) or too big: drop the connection.
+        self.finished = True
+        if self.transport is not None:
+            with contextlib.suppress(Exception):  # already gone: nothing to close
+                self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self._stop()
+            self.done.errback(_TooBig(f"body passed {self.limit} bytes"))
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+def _read_body(response: Any, limit: int) -> Deferred[bytes]:
+    """The body of ``response``, bounded by ``limit``; cancellable (closes the connection)."""
+    body = _BoundedBody(limit)
+    response.deliverBody(body)
+    return body.done
+
+
 class _Flight:
     """One HTTP request in progress and the callers waiting for it."""
 
@@ -115,7 +180,9 @@ def _snippet(body: bytes, limit: int = 120) -> str:
 
 
 def _cancelled(failure: Failure) -> bool:
-    if failure.check(CancelledError, _TimeoutError):
+    # defer.TimeoutError: what addTimeout turns its cancellation into when the
+    # coroutine does not catch it (a body cut off while it was being read).
+    if failure.check(CancelledError, _TimeoutError, defer.TimeoutError):
         return True
     reasons = getattr(failure.value, "reasons", None) or ()
     return any(isinstance(r, Failure) and _cancelled(r) for r in reasons)
@@ -314,18 +381,24 @@ class HTTPBackend(Service):
         """One GET; every failure comes out as LookupFailed (or the timeout's cancel)."""
         kind, value = key
         url = self.url(kind, value)
-        response = await self._client.get(url, headers={"Accept": ACCEPT})
+        # unbuffered: treq would otherwise start reading the body into an
+        # unbounded, uncancellable buffer before we can look at it.
+        response = await self._client.get(url, headers={"Accept": ACCEPT}, unbuffered=True)
         length = response.length
         if isinstance(length, int) and length > MAX_BODY:
+            unread = _read_body(response, 0)
+            unread.addErrback(lambda _: None)
+            unread.cancel()  # not reading it: close the connection
             raise LookupFailed(f"GET {url}: HTTP {response.code}, body of {length} bytes is too big")
-        body: bytes = await response.content()
+        try:
+            body: bytes = await _read_body(response, MAX_BODY)
+        except _TooBig:
+            raise LookupFailed(f"GET {url}: HTTP {response.code}, body of more than {MAX_BODY} bytes is too big") from None
         if response.code == 404:
             return _Answer(None)
         if response.code != 200:
             detail = f": {_snippet(body)}" if body else ""
             raise LookupFailed(f"GET {url}: HTTP {response.code}{detail}")
-        if len(body) > MAX_BODY:
-            raise LookupFailed(f"GET {url}: body of {len(body)} bytes is too big")
         content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
         content_type = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
         # parse_text picks JSON by a ".json" suffix; the fragment is never sent.

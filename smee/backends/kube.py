@@ -13,7 +13,10 @@ What Smee gets from controller-runtime's cache, done with treq on the reactor
   object claimed (a MAC moving from object A to B follows it), DELETED
   removes it, BOOKMARK only advances the resourceVersion, and ERROR with a
   ``410`` Status ("too old resource version") forces a relist; other ERRORs
-  reconnect.
+  reconnect. A 410 on the watch that directly follows a fresh LIST, twice in
+  a row, means the server (or a proxy) compacts faster than we can list:
+  relisting at once would spin, one full LIST per round trip, so from the
+  second such 410 relists go through the backoff too.
 * A watch that ends normally (``timeoutSeconds``) is resumed at once from the
   last resourceVersion seen; failures (refused, reset, 401/403/5xx, malformed
   lines, a silent connection) retry with capped exponential backoff with full
@@ -25,6 +28,10 @@ What Smee gets from controller-runtime's cache, done with treq on the reactor
   ``sync_timeout`` after the service started, then fail with
   :class:`LookupFailed` (never "unknown machine"). After that, a failed
   relist keeps serving the last synced data, as client-go's cache does.
+* :meth:`KubeBackend.state` (shown by ``/healthcheck``) says ``ready`` once
+  the first LIST completed, and ``degraded`` (with ``last_error`` and
+  ``failing_since``) while the API cannot be reached and the last synced
+  data is being served.
 * An object that does not convert (``hardware_from_object`` raises) is
   logged once per resourceVersion with its name and is **not served**: if an
   earlier version was valid it is removed, because serving a version the
@@ -234,12 +241,16 @@ class KubeBackend(Service):
         self._stopping = False
         self._failures = 0
         self._events_this_watch = 0
+        #: consecutive 410s on watches started right after a LIST, with no event
+        self._gone_streak = 0
         # counters for state()
         self.relists = 0
         self.reconnects = 0
         self.lists = 0
         self.events = 0
         self.last_error = ""
+        #: reactor time of the first failure since the API last answered; None while healthy
+        self.failing_since: float | None = None
         self.last_delay = 0.0
         self.partial_bytes_dropped = 0
         self.last_sync: float | None = None
@@ -365,6 +376,8 @@ class KubeBackend(Service):
         return {
             "backend": "kube",
             "ready": self._synced,
+            "degraded": bool(self.last_error),
+            "failing_since": self.failing_since,
             "records": len(self._index),
             "resource_version": self._rv or "",
             "relists": self.relists,
@@ -416,26 +429,41 @@ class KubeBackend(Service):
 
     async def _run(self) -> None:
         while not self._stopping:
+            fresh = False  # this round's watch starts from a LIST done in this round
+            self._events_this_watch = 0
             try:
                 if self._rv is None:
                     await self._list()
+                    fresh = True
                 await self._watch()
-            except defer.CancelledError:
-                if self._stopping:
-                    return
-                self._note_error("request timed out")
             except _Gone as e:
                 if self._stopping:
                     return
                 self.relists += 1
-                self.log.info("resourceVersion {rv} expired ({error}): relisting", rv=self._rv, error=str(e))
-                self._rv = None
-                continue
+                expired, self._rv = self._rv, None
+                if fresh and self._events_this_watch == 0:
+                    self._gone_streak += 1
+                else:
+                    self._gone_streak = 0
+                if self._gone_streak < 2:
+                    self.log.info("resourceVersion {rv} expired ({error}): relisting", rv=expired, error=str(e))
+                    continue
+                # Back to back: the backoff grows with the streak even though
+                # every LIST in it succeeded (which resets _failures).
+                self._failures = max(self._failures, self._gone_streak - 2)
+                self._note_error(
+                    f"410 on a watch from a fresh LIST's resourceVersion {expired}"
+                    f" ({self._gone_streak} times in a row): {e}"
+                )
             except Exception as e:  # noqa: BLE001 - every failure means "retry later"
                 if self._stopping:
                     return
-                self._note_error(_describe(e))
+                if _cancelled(e):  # only our request timeout cancels while not stopping
+                    self._note_error(f"request timed out after {self._request_timeout:g}s")
+                else:
+                    self._note_error(_describe(e))
             else:
+                self._gone_streak = 0
                 continue  # watch ended normally (timeoutSeconds): resume at once
             if self._stopping:
                 return
@@ -454,6 +482,13 @@ class KubeBackend(Service):
 
     def _note_error(self, message: str) -> None:
         self.last_error = message
+        if self.failing_since is None:
+            self.failing_since = self._reactor.seconds()
+
+    def _answered(self) -> None:
+        """The API answered a request properly: not degraded any more."""
+        self.last_error = ""
+        self.failing_since = None
 
     def _next_delay(self) -> float:
         ceiling = min(self._backoff_cap, self._backoff_initial * (2 ** min(self._failures, 32)))
@@ -523,7 +558,7 @@ class KubeBackend(Service):
         self._rv = rv
         self._failures = 0
         self.lists += 1
-        self.last_error = ""
+        self._answered()
         self.last_sync = self._reactor.seconds()
         self.log.info(
             "listed {records} Hardware in {pages} pages at resourceVersion {rv} (was {previous})",
@@ -570,7 +605,7 @@ class KubeBackend(Service):
         response = await self._get(params, self._request_timeout)
         if response.code != 200:
             raise await self._error_for(response)
-        self.last_error = ""  # connected and authorised again
+        self._answered()  # connected and authorised again
         self._events_this_watch = 0
         idle = self._watch_timeout + 30.0
         body = _Body(self._on_line)
@@ -630,6 +665,7 @@ class KubeBackend(Service):
         self.events += 1
         self._events_this_watch += 1
         self._failures = 0  # the watch works: the next failure starts the backoff afresh
+        self._gone_streak = 0
 
 
 def _key(obj: Mapping[str, Any]) -> str:
@@ -641,6 +677,15 @@ def _sleep(reactor: IReactorTime, delay: float) -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred(lambda _: call.cancel() if call.active() else None)
     call = reactor.callLater(delay, d.callback, None)
     return d
+
+
+def _cancelled(e: BaseException) -> bool:
+    """Whether ``e`` is a cancellation, bare, turned into TimeoutError by
+    ``addTimeout``, or wrapped by twisted.web (``ResponseNeverReceived([CancelledError])``)."""
+    if isinstance(e, (defer.CancelledError, defer.TimeoutError)):
+        return True
+    reasons = getattr(e, "reasons", None) or ()
+    return any(isinstance(r, Failure) and _cancelled(r.value) for r in reasons)
 
 
 def _describe(e: BaseException) -> str:

@@ -201,6 +201,18 @@ def test_request_url_and_accept_header() -> None:
     assert headers.getRawHeaders("accept") == [ACCEPT]
     assert h.backend.url("mac", MAC1) == f"{BASE}/hardware?mac={MAC1}"
     assert HTTPBackend(h.stub, BASE + "/", h.clock).url("ip", IP1) == f"{BASE}/hardware?ip={IP1}"
+    assert headers.getRawHeaders("authorization") is None
+
+
+def test_credentials_in_the_url_become_basic_auth_and_leave_every_url() -> None:
+    """Twisted's Agent would take ``user:pw@`` as part of the host; logged URLs must not carry it."""
+    h = Harness()
+    scheme, rest = BASE.split("://", 1)
+    h.backend = HTTPBackend(h.stub, f"{scheme}://inv%40corp:s3cr%3At@{rest}/", h.clock)
+    h.found(h.backend.by_mac(MAC1))
+    [(_, headers)] = h.inventory.seen
+    assert headers.getRawHeaders("authorization") == ["Basic " + __import__("base64").b64encode(b"inv@corp:s3cr:t").decode()]
+    assert h.backend.base_url == BASE and "s3cr" not in h.backend.url("mac", MAC1)
 
 
 def test_json_without_json_suffix_still_parses_as_json_source() -> None:

@@ -42,11 +42,12 @@ passes ``MAX_BODY`` (a chunked body has no length to refuse up front).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -226,7 +227,9 @@ class HTTPBackend(Service):
         close: Callable[[], Any] | None = None,
     ) -> None:
         self._client = client
-        self.base_url = base_url.rstrip("/")
+        # user:password@ in the URL becomes an Authorization header: Twisted's Agent would take it
+        # as part of the host name, and the credentials must never appear in URLs that get logged
+        self.base_url, self._auth = _split_userinfo(base_url.rstrip("/"))
         self._clock = clock
         self.timeout = timeout
         self.ttl = ttl
@@ -383,7 +386,10 @@ class HTTPBackend(Service):
         url = self.url(kind, value)
         # unbuffered: treq would otherwise start reading the body into an
         # unbounded, uncancellable buffer before we can look at it.
-        response = await self._client.get(url, headers={"Accept": ACCEPT}, unbuffered=True)
+        headers = {"Accept": ACCEPT}
+        if self._auth is not None:
+            headers["Authorization"] = self._auth
+        response = await self._client.get(url, headers=headers, unbuffered=True)
         length = response.length
         if isinstance(length, int) and length > MAX_BODY:
             unread = _read_body(response, 0)
@@ -451,3 +457,18 @@ class HTTPBackend(Service):
         if self._close is None:
             return None
         return defer.maybeDeferred(self._close)
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None]:
+    """``(url without user:password@, its Basic Authorization header value or None)``."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    user = unquote(parts.username or "")
+    password = unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return urlunsplit(parts._replace(netloc=netloc)), f"Basic {token}"

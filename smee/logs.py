@@ -303,6 +303,13 @@ class RateLimiter:
                 self.clock.callLater(delay, self._expire, key, state[0])
             return False
 
+    def flush(self) -> None:
+        """Write every pending "suppressed N similar messages" summary now (at shutdown:
+        a window still open when smee stops would otherwise never be reported)."""
+        with self._lock:
+            for key in list(self._state):
+                self._roll_over(key)
+
     def _expire(self, key: tuple[Any, ...], start: float) -> None:
         with self._lock:
             state = self._state.get(key)
@@ -479,6 +486,10 @@ def observer(
     stream = sys.stdout if stream is None else stream
     level, warning = _level_from(sys.argv if argv is None else argv, os.environ if environ is None else environ)
     obs = SmeeObserver(stream, level, tty=tty, clock=clock)
+    trigger = getattr(obs.limiter.clock, "addSystemEventTrigger", None)
+    if trigger is not None:
+        # after the services have stopped (their last refusals counted), before twistd exits
+        trigger("after", "shutdown", obs.limiter.flush)
     if warning is not None:
         obs.write(
             {

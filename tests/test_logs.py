@@ -360,3 +360,32 @@ def test_twistd_logger_writes_json_lines(tmp_path: Path) -> None:
     [start] = [r for r in recs if r["namespace"] == "smee.tap" and r.get("mode")]
     assert start["mode"] == "reservation" and start["backend"] == "file" and start["ip"] == "127.0.0.1"
     assert "Traceback" not in out_path.read_text()
+
+
+def test_pending_summaries_are_written_at_shutdown() -> None:
+    """A window still open when smee stops is summed up, not lost (the observer registers flush)."""
+    import io
+
+    from twisted.internet.task import Clock
+
+    from smee.logs import observer
+
+    class ShutdownClock(Clock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.triggers: list[tuple[str, str, Any]] = []
+
+        def addSystemEventTrigger(self, phase: str, event: str, fn: Any) -> None:
+            self.triggers.append((phase, event, fn))
+
+    clock, out = ShutdownClock(), io.StringIO()
+    obs = observer(stream=out, argv=["twistd", "smee"], environ={}, clock=clock, tty=False)
+    for i in range(25):
+        obs({"log_format": "dropped {n}", "n": i, "outcome": "malformed", "log_level": LogLevel.info,
+             "log_namespace": "smee.dhcp", "log_time": 0.0})
+    assert out.getvalue().count("\n") == 10
+    [(phase, event, flush)] = clock.triggers
+    assert (phase, event) == ("after", "shutdown")
+    flush()
+    last = json.loads(out.getvalue().splitlines()[-1])
+    assert last["suppressed"] == 15 and "suppressed 15 similar messages" in last["message"]

@@ -572,7 +572,7 @@ def section(ctx: Context, p: Plan, out: Results) -> Section:
         f"÷ ACKs received, same offered rate for all.",
         "Same 200 reservations everywhere (02:00:00:00:00:00…c7 → 192.0.2.10…209, lease 24 h, router and DNS "
         f"192.0.2.1, next server 192.0.2.1 and boot file {BOOT_FILE} for arch 0). Servers: smee reservation "
-        "mode, DHCP only, log level error; dnsmasq --no-ping --quiet-dhcp --leasefile-ro, "
+        "mode, DHCP only, log level error, per-MAC rate limit off (`--dhcp-rate-limit=0`: perfdhcp repeats each MAC ~100 times a second); dnsmasq --no-ping --quiet-dhcp --leasefile-ro, "
         "dhcp-range=192.0.2.0,static (the relay's subnet), dhcp-hostsfile; Kea memfile persist=false, "
         "UDP sockets, reservations in the subnet, no pool, logging WARN to a file.",
         f"Large set: the {p.large - CLIENTS:,} records that perfdhcp never uses have MACs 02:00:01:… and "

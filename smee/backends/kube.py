@@ -639,7 +639,10 @@ class KubeBackend(Service):
         except (ValueError, KeyError, TypeError) as e:
             raise KubeAPIError(0, f"malformed watch event ({e!r}): {line[:120]!r}") from None
         if kind == "ERROR":
-            code = int(obj.get("code") or 0)
+            try:
+                code = int(obj.get("code") or 0)
+            except (TypeError, ValueError):
+                code = 0  # a malformed status: still an ERROR event, without a code
             message = str(obj.get("message") or obj.get("reason") or "watch error")
             if code == 410:
                 raise _Gone(code, message)

@@ -73,7 +73,7 @@ from typing import Iterator
 
 from smee.formats.documents import HardwareFileError, _Locator, _read_json, _read_yaml
 from smee.formats.records import _crd, _parse_document, _State
-from smee.formats.values import _Invalid
+from smee.formats.values import _Invalid, _kind
 from smee.hardware import Hardware
 
 __all__ = ["HardwareFileError", "ParseResult", "hardware_from_object", "load_file", "parse_text"]
@@ -137,6 +137,9 @@ def hardware_from_object(obj: dict, source: str) -> Hardware:
     The same validation as for files; the error names ``source`` (e.g.
     ``kube:default/machine-1``) and the field, without a line number.
     """
+    if not isinstance(obj, dict):
+        # A List's items (or a watch event's object) can be anything the API server sent.
+        raise HardwareFileError(source, None, f"expected a Hardware object (a mapping), got {_kind(obj)}")
     state = _State(source)
     try:
         hardware = _crd(state, (), obj)

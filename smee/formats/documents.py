@@ -263,17 +263,30 @@ def _scalar(
         return value
     if tag == _TAG + "null":
         return None
-    if tag == _TAG + "bool":
-        return bool_values[value.lower()]
     node = ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
-    if tag == _TAG + "int":
-        result: Any = _Int(loader.construct_yaml_int(node))
-    elif tag == _TAG + "float":
-        result = _Float(loader.construct_yaml_float(node))
-    elif tag == _TAG + "binary":
-        return loader.construct_yaml_binary(node)
-    else:
-        raise ConstructorError(None, None, f"unsupported tag {tag!r}", event.start_mark)
+    try:
+        if tag == _TAG + "bool":
+            return bool_values[value.lower()]
+        if tag == _TAG + "int":
+            result: Any = _Int(loader.construct_yaml_int(node))
+        elif tag == _TAG + "float":
+            result = _Float(loader.construct_yaml_float(node))
+        elif tag == _TAG + "binary":
+            return loader.construct_yaml_binary(node)
+        else:
+            raise ConstructorError(None, None, f"unsupported tag {tag!r}", event.start_mark)
+    except (ValueError, KeyError, IndexError) as e:
+        # An explicit tag on a value it does not fit (``!!int abc``, ``!!bool maybe``, an empty
+        # ``!!float``: PyYAML indexes its first character), or an integer past Python's
+        # 4300-digit conversion limit: the file's error, with its line.
+        what = value if len(value) <= 40 else value[:37] + "..."
+        if isinstance(e, ValueError):
+            reason = str(e).split(";")[0]
+        else:
+            reason = "empty" if not value.strip("_") else f"not a {tag.removeprefix(_TAG)}"
+        raise ConstructorError(
+            None, None, f"cannot read {what!r} as {tag.removeprefix(_TAG)}: {reason}", event.start_mark
+        ) from None
     result.text = value
     return result
 
@@ -311,6 +324,11 @@ def _read_json(text: str, path: str) -> list[_Doc]:
         raise HardwareFileError(
             path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})"
         ) from None
+    except RecursionError:
+        # The C decoder recurses per level; the line is that of the member being decoded.
+        raise HardwareFileError(path, lines.line, "invalid JSON: nested too deeply") from None
+    except ValueError as e:  # an integer past Python's 4300-digit conversion limit
+        raise HardwareFileError(path, lines.line, f"invalid JSON: {str(e).split(';')[0]}") from None
     if isinstance(members, dict):
         return [_Doc(data, root_line, members, nested)]
     return [_Doc(data, root_line, {}, members)]

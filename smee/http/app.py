@@ -202,8 +202,14 @@ class _Unsatisfiable:
 UNSATISFIABLE: Final = _Unsatisfiable()
 
 
+#: Any Range number with more digits is past every body (and int() refuses > 4300 digits).
+_HUGE = 10**18
+
+
 def _digits(text: str) -> int | None:
-    return int(text) if text.isascii() and text.isdigit() else None
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= 18 else _HUGE
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | _Unsatisfiable | None:

@@ -255,6 +255,6 @@ def _json(text: str) -> Mapping[str, Any] | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the C decoder goes
         return None
     return value if isinstance(value, dict) else None
